@@ -21,7 +21,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from dlm_jax.ops.pallas.common import NUM_LANES, NUM_SUBLANES, check_block, fit_block, resolve_interpret
-from dlm_jax.ops.token_stats import (
+from dlm_jax.ops.stats_common import (
     ENTROPY_EPS,
     TokenStats,
     gumbel_from_counters,
