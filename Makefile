@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/dlm-jax demo
 
+# Everything: the tests and the docstring examples of the library (under 12 minutes on 2 cores).
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --durations=15 tests
+	$(BIN)/python -m pytest -n 2 --durations=15 --doctest-modules tests dlm_jax
+
+# The inner loop: skips the tests marked slow (multi-process, end-to-end runs, the README's commands).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --durations=10 -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check dlm_jax conversion tests benchmarks launch

@@ -4,8 +4,12 @@ setup(
     name="dlm-jax",
     version="0.1.0",
     description="Masked diffusion language models in JAX: Dream, DiffuLLaMA/DiffuGPT, SMDM, LLaDA",
-    packages=find_packages(include=["dlm_jax", "dlm_jax.*", "conversion", "conversion.*"]),
+    # The top-level configs/ folder (model, mesh and experiment presets) ships inside the package as
+    # dlm_jax/configs, so a wheel installed anywhere finds its presets (dlm_jax/presets.py looks them up).
+    packages=[*find_packages(include=["dlm_jax", "dlm_jax.*"]), "dlm_jax.configs"],
+    package_dir={"dlm_jax.configs": "configs"},
     package_data={
+        "dlm_jax.configs": ["models/*.yaml", "meshes/*.yaml", "experiments/*.yaml"],
         "dlm_jax.evaluation": ["data/dream_planning/*.jsonl", "data/dream_planning/README.md"],
         "dlm_jax.data": ["heldout_hashes.json"],
     },

@@ -3,7 +3,8 @@
 Both decode the same random Dream-shaped model (weights exported from dlm_jax to an HF folder, loaded
 into `Qwen2ForCausalLM` with an all-attend 4-D mask) with the same greedy algorithm; the script
 asserts identical tokens, then reports tokens/s, the ratio, dlm_jax compile time, and model FLOP/s
-as a fraction of this machine's measured float32 matmul rate. Prints a table, writes JSON.
+as a fraction of this machine's measured float32 matmul rate. Prints a table, writes JSON. The
+PyTorch port is tests/torch_reference.py, which the tests check dlm_jax against too.
 
     .venv/bin/python benchmarks/sampler.py --layers 4 --hidden 256 --vocab 8192 --new 256 --steps 64
 
@@ -20,6 +21,7 @@ import json
 import os
 import pathlib
 import platform
+import sys
 import tempfile
 import time
 
@@ -32,6 +34,8 @@ from dlm_jax.models import decoder
 from dlm_jax.models.config import ModelConfig
 from dlm_jax.sampling import GenerateConfig, loop
 from dlm_jax.sampling.rows import feeding_rows, row_buckets
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the PyTorch reference: tests/torch_reference.py
 
 ALGS = ("maskgit_plus", "topk_margin", "entropy")
 
@@ -75,62 +79,6 @@ def dream_config(a: argparse.Namespace) -> ModelConfig:
         pad_token_id=a.vocab - 2,
         eos_token_id=a.vocab - 3,
     )
-
-
-def torch_model(model_dir: pathlib.Path, cfg: ModelConfig):
-    from safetensors.torch import load_file
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    hf = Qwen2Config(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        rms_norm_eps=cfg.norm_eps,
-        rope_theta=cfg.rope_theta,
-        max_position_embeddings=cfg.max_position_embeddings,
-        tie_word_embeddings=False,
-        attn_implementation="sdpa",
-    )
-    net = Qwen2ForCausalLM(hf).eval()
-    net.load_state_dict(load_file(model_dir / "model.safetensors"))
-    return net
-
-
-def torch_dream_generate(net, input_ids, mask_id: int, new: int, steps: int, alg: str, eps: float = 1e-3):
-    """Dream's `_sample` (temperature 0, alg_temp 0, no top-p/top-k), as a user would run it in PyTorch."""
-    import torch
-    import torch.nn.functional as F
-
-    x = F.pad(torch.as_tensor(input_ids, dtype=torch.long), (0, new), value=mask_id)
-    full = torch.ones(x.shape[0], 1, x.shape[1], x.shape[1], dtype=torch.bool)
-    timesteps = torch.linspace(1, eps, steps + 1)
-    with torch.inference_mode():
-        for i in range(steps):
-            mask_index = x == mask_id
-            logits = net(x, attention_mask=full).logits
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-            probs = torch.softmax(logits[mask_index], dim=-1)
-            confidence, x0 = probs.max(dim=-1)
-            if alg == "topk_margin":
-                top2 = torch.topk(probs, 2, dim=-1).values
-                confidence = top2[:, 0] - top2[:, 1]
-            elif alg == "entropy":
-                confidence = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
-            t, s = timesteps[i], timesteps[i + 1]
-            mean = mask_index.sum() / mask_index.shape[0]
-            count = int(mean * (1 - s / t)) if i < steps - 1 else int(mean)
-            full_conf = torch.full(x.shape, -torch.inf)
-            full_conf[mask_index] = confidence
-            if count > 0:
-                index = torch.topk(full_conf, count).indices
-                cand = torch.full_like(x, mask_id)
-                cand[mask_index] = x0
-                rows = torch.arange(x.shape[0])[:, None].expand_as(index)
-                x[rows, index] = cand[rows, index]
-    return x.numpy()
 
 
 def forward_flops(cfg: ModelConfig, batch: int, length: int, head_rows: float | None = None) -> float:
@@ -227,9 +175,13 @@ def main() -> None:
         step_times(a, cfg, params, ids)
         return
 
+    import torch
+
+    from tests.torch_reference import dream_generate, qwen2_from_folder
+
     with tempfile.TemporaryDirectory() as tmp:
         DiffusionLM(cfg, params).save_pretrained(pathlib.Path(tmp) / "hf", format="hf")
-        net = torch_model(pathlib.Path(tmp) / "hf", cfg)
+        net = qwen2_from_folder(pathlib.Path(tmp) / "hf", attn_implementation="sdpa")
 
     gen = GenerateConfig(max_new_tokens=a.new, steps=a.steps, alg=a.alg)
     args = (params, jnp.asarray(ids), None, None, jax.random.key(0))
@@ -237,10 +189,8 @@ def main() -> None:
     compiled = loop._generate.lower(*args, config=cfg, gen=gen).compile()
     compile_s = time.perf_counter() - start
     jax_out = compiled(*args)
-    import torch
-
     thread_counts = [a.threads] if a.threads else sorted({1, os.cpu_count() or 1})
-    torch_dream_generate(net, ids, cfg.mask_token_id, a.new, 2, a.alg)  # warm-up (lazy init, allocator)
+    dream_generate(net, ids, cfg.mask_token_id, a.new, 2, a.alg)  # warm-up (lazy init, allocator)
     jax_times, by_threads = [], {n: [] for n in thread_counts}
     for _ in range(a.repeats):  # interleaved, so all see the same machine load
         start = time.perf_counter()
@@ -250,7 +200,7 @@ def main() -> None:
         for n in thread_counts:
             torch.set_num_threads(n)
             start = time.perf_counter()
-            torch_seq = torch_dream_generate(net, ids, cfg.mask_token_id, a.new, a.steps, a.alg)
+            torch_seq = dream_generate(net, ids, cfg.mask_token_id, a.new, a.steps, a.alg)
             by_threads[n].append(time.perf_counter() - start)
     threads = min(by_threads, key=lambda n: min(by_threads[n]))
     torch_times = by_threads[threads]

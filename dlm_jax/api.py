@@ -9,22 +9,44 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conversion.engine import NP_DTYPES, atomic_output_dir, export_hf, import_hf
 from dlm_jax import checkpoint_io
+from dlm_jax.checkpoint_io.leaves import materialize
+from dlm_jax.conversion.engine import NP_DTYPES, export_hf, open_model
+from dlm_jax.conversion.side_files import copy_side_files
 from dlm_jax.models import decoder
 from dlm_jax.models.config import RUNTIME_FIELDS, ModelConfig
+from dlm_jax.output_dir import atomic_output_dir
 from dlm_jax.sampling import frontend
+from dlm_jax.sampling.config import GenerateConfig
 from dlm_jax.sampling.results import GenerationResult
 
-_UNSET_TOP_K: Any = frontend.UNSET
+
+def model_folder(path: str | pathlib.Path) -> pathlib.Path:
+    """`path` as a folder, or `FileNotFoundError("model folder X does not exist")` (every command's wording)."""
+    folder = pathlib.Path(path)
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise FileNotFoundError(f"model folder {folder} {what}")
+    return folder
 
 
 class DiffusionLM:
     """A diffusion LM: `config` (ModelConfig) plus `params` (a pytree of arrays).
 
     Example:
-        >>> m = DiffusionLM.from_pretrained("Dream-org/Dream-v0-Base-7B", dtype="bfloat16")
-        >>> logits = m.logits(np.array([[1, 2, 3]]))
+        >>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                   intermediate_size=64, mask_token_id=63)
+        >>> m = DiffusionLM.init(cfg, seed=0)
+        >>> m.logits(np.array([[1, 2, 3]])).shape
+        (1, 3, 64)
+        >>> str(m.save_pretrained("tiny_hf", format="hf"))
+        'tiny_hf'
+        >>> DiffusionLM.from_pretrained("tiny_hf").config.hidden_size
+        32
+
+        A released model loads the same way from the local folder it was downloaded to:
+
+        >>> m = DiffusionLM.from_pretrained("Dream-v0-Base-7B", dtype="bfloat16")  # doctest: +SKIP
     """
 
     def __init__(
@@ -47,34 +69,37 @@ class DiffusionLM:
         return cls(config, decoder.init(jax.random.key(seed), config))
 
     @classmethod
-    def from_pretrained(cls, path: str | pathlib.Path, dtype: str = "float32", **overrides: Any) -> DiffusionLM:
+    def from_pretrained(
+        cls, path: str | pathlib.Path, dtype: str | None = "float32", **overrides: Any
+    ) -> DiffusionLM:
         """Load an HF folder (Dream/Qwen2, LLaMA, GPT-2) or a `dlm_jax` checkpoint folder.
 
-        `overrides` change runtime fields only (e.g. `attention_impl="pallas"`,
-        `logit_shift=False`, `mask_token_id=...`); shape fields raise an error.
+        `dtype=None` keeps the dtype the checkpoint is stored in. `overrides` change runtime fields
+        only (e.g. `attention_impl="pallas"`, `logit_shift=False`, `mask_token_id=...`); shape fields
+        raise an error. The folder is remembered (`source_dir`) so `save_pretrained` carries its
+        tokenizer and generation config along.
+
+        Weights are read layer by layer and converted to `dtype` as they are read; each parameter
+        is assembled once, so peak host memory is the parameters plus one block (on CPU the
+        assembled arrays are used in place).
         """
-        folder = pathlib.Path(path)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no such model folder")
-        if dtype not in NP_DTYPES:
+        folder = model_folder(path)
+        if dtype is not None and dtype not in NP_DTYPES:
             raise ValueError(f"dtype={dtype!r} is not one of {sorted(NP_DTYPES)}")
         bad = sorted(set(overrides) - RUNTIME_FIELDS)
         if bad:
             raise ValueError(f"override(s) {bad} are not runtime fields; allowed: {sorted(RUNTIME_FIELDS)}")
-        if checkpoint_io.is_native(folder):
-            overrides = {"param_dtype": dtype, "compute_dtype": dtype, **overrides}
-            config, params, hf_config = checkpoint_io.load_native(folder, overrides)
-            params = jax.tree.map(lambda x: x.astype(jnp.dtype(config.param_dtype)), params)
-            return cls(config, params, hf_config=hf_config)
-        config, params, hf_config = import_hf(folder, dtype=dtype, **overrides)
-        return cls(config, params, hf_config=hf_config, source_dir=folder)
+        config, leaves, hf_config = open_model(folder, dtype, **overrides)
+        return cls(config, materialize(leaves), hf_config=hf_config, source_dir=folder)
 
     def save_pretrained(
         self, out_dir: str | pathlib.Path, format: str = "dlm_jax", overwrite: bool = False
     ) -> pathlib.Path:
         """Save as an HF folder (`format="hf"`) or the native Orbax format (`"dlm_jax"`).
 
-        The folder appears only when the save completed (written to a temp dir, then renamed).
+        The folder appears only when the save completed (written to a temp dir, then renamed), with
+        the source folder's tokenizer and generation config. Weights keep `config.param_dtype`.
+        The source folder itself is refused, and `overwrite` replaces only a folder dlm-jax wrote.
         """
         if format == "hf":
             return export_hf(
@@ -87,13 +112,14 @@ class DiffusionLM:
             )
         if format != "dlm_jax":
             raise ValueError(f"format={format!r} is not one of ('hf', 'dlm_jax')")
-        with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        with atomic_output_dir(out_dir, overwrite=overwrite, source=self.source_dir) as tmp:
             checkpoint_io.save_native(tmp, self.config, self.params, self.hf_config)
+            copy_side_files(self.source_dir, tmp, self.hf_config)
         return pathlib.Path(out_dir)
 
     def logits(self, input_ids: Any, attention_mask: Any | None = None) -> np.ndarray:
         """Raw (unshifted) float32 logits [B, L, V] as numpy."""
-        ids = jnp.asarray(input_ids, jnp.int32)
+        ids = jnp.asarray(frontend.check_token_ids(input_ids, self.config.vocab_size), jnp.int32)
         if ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {ids.shape}")
         mask = None if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
@@ -102,78 +128,34 @@ class DiffusionLM:
         return np.asarray(self._logits_fn(self.params, ids, mask))
 
     def diffusion_generate(
-        self,
-        input_ids: Any,
-        attention_mask: Any | None = None,
-        *,
-        max_new_tokens: int | None = None,
-        steps: int | None = None,
-        alg: str | None = None,
-        temperature: float = 0.0,
-        top_p: float | None = None,
-        top_k: int | None = _UNSET_TOP_K,
-        alg_temp: float | None = None,
-        eps: float = 1e-3,
-        output_history: bool = False,
-        seed: int = 0,
-        remasking: str | None = None,
-        block_length: int | None = None,
-        cfg_scale: float = 0.0,
-        src_mask: Any | None = None,
-        logits_temp: float = 1.0,
-        suppress_eos: bool = False,
-        tokenizer: Any | None = None,
-        until: list[str] | None = None,
-        generation_tokens_hook_func: Any | None = None,
-        generation_logits_hook_func: Any | None = None,
-        **options: Any,
+        self, input_ids: Any, attention_mask: Any | None = None, gen: GenerateConfig | None = None, **overrides: Any
     ) -> GenerationResult:
         """Masked-diffusion generation, the whole reverse process in one compiled loop.
 
-        Three call forms (see `dlm_jax.sampling.GenerateConfig` for every knob):
+        Three call forms (`dlm_jax.sampling.GenerateConfig` lists and documents every knob):
           - Dream: `alg="origin"|"maskgit_plus"|"topk_margin"|"entropy"` with `temperature`, `top_p`,
             `top_k` (unset = 50, Dream's effective default; None = off), `alg_temp`, `eps`.
           - LLaDA/SMDM: `remasking="low_confidence"|"random"`, `block_length`, `cfg_scale`.
           - DiffuLLaMA: `alg="diffullama"`, `src_mask` (never-masked positions), `logits_temp`.
         `input_ids` [B, P] left-padded with `attention_mask` [B, P]; the canvas is the prompt plus
-        `max_new_tokens` masks. Hooks are pure `(step, x, logits)` callables (Dream's names accepted).
-        `options`: `per_row_count`, `forbid_mask_token`, `vocab_limit`, `suppress_tokens`.
-        Compiled samplers are cached per configuration, so repeated calls do not recompile.
+        `max_new_tokens` masks. `overrides`: any `GenerateConfig` field by name (`max_new_tokens`,
+        `steps`, `alg`, ..., `per_row_count`, `forbid_mask_token`, `vocab_limit`, `suppress_tokens`, hooks
+        `(step, x, logits)`), the aliases `remasking`, `suppress_eos`, `generation_tokens_hook_func`,
+        `generation_logits_hook_func`, and the call options `seed` (0), `src_mask`, `tokenizer`, `until`
+        (texts cut at stop strings). An unknown keyword raises a TypeError naming it and the closest names.
+        `gen`: a ready `GenerateConfig`, used as it is (its own defaults, e.g. `top_k=None`) with `overrides`
+        replacing its fields. Compiled samplers are cached per configuration, so repeated calls do not recompile.
 
         Example:
-            >>> m = DiffusionLM.from_pretrained("tests/data/parity/dream/model")
+            >>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+            ...                   intermediate_size=64, mask_token_id=63)
+            >>> m = DiffusionLM.init(cfg)
             >>> out = m.diffusion_generate(np.array([[1, 2, 3]]), max_new_tokens=8, steps=8, alg="entropy")
-            >>> out.sequences.shape, out.nfe.tolist()
-            ((1, 11), [8])
+            >>> out.sequences.shape, out.nfe.tolist(), out.sequences[0, :3].tolist()
+            ((1, 11), [8], [1, 2, 3])
+            >>> m.diffusion_generate(np.array([[1, 2, 3]]), max_new_tokens=8, stepz=8)
+            Traceback (most recent call last):
+            TypeError: unknown diffusion_generate keyword 'stepz' (did you mean steps?)
         """
-        gen = frontend.build_config(
-            self.config,
-            max_new_tokens=max_new_tokens,
-            steps=steps,
-            alg=alg,
-            remasking=remasking,
-            block_length=block_length,
-            top_k=top_k,
-            suppress_eos=suppress_eos,
-            temperature=temperature,
-            top_p=top_p,
-            alg_temp=alg_temp,
-            eps=eps,
-            cfg_scale=cfg_scale,
-            logits_temp=logits_temp,
-            output_history=output_history,
-            token_hook=generation_tokens_hook_func,
-            logits_hook=generation_logits_hook_func,
-            **options,
-        )
-        return frontend.run(
-            self.params,
-            self.config,
-            input_ids,
-            attention_mask,
-            gen,
-            seed=seed,
-            src_mask=src_mask,
-            tokenizer=tokenizer,
-            until=until,
-        )
+        gen, options = frontend.prepare_call(self.config, gen, overrides)
+        return frontend.run(self.params, self.config, input_ids, attention_mask, gen, **options)

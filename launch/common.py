@@ -16,7 +16,7 @@ def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def require_command(parser: argparse.ArgumentParser, command: list[str]) -> None:
     if not command:
-        parser.error("give the program to run after `--`, e.g. -- dlm-jax train --config configs/experiments/x.yaml")
+        parser.error("give the program to run after `--`, e.g. -- dlm-jax train --config tiny_mdm")
 
 
 def exports(env: dict[str, str]) -> str:

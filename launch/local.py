@@ -1,7 +1,7 @@
 """Local launcher: N JAX processes on this machine joined through a coordinator on 127.0.0.1.
 
 Example (2 processes x 4 virtual CPU devices = one 8-device mesh):
-  python launch/local.py --num-processes 2 --cpu-devices 4 -- dlm-jax train --config configs/experiments/x.yaml
+  python launch/local.py --num-processes 2 --cpu-devices 4 -- dlm-jax train --config configs/experiments/tiny_mdm.yaml
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ SLURM's variables (`DLM_DISTRIBUTED=slurm`, see dlm_jax/parallel/distributed.py)
 
 Example:
   python launch/slurm.py --nodes 4 --gpus-per-node 8 --partition gpu --time 24:00:00 \\
-      -- dlm-jax train --config configs/experiments/dream7b_sft.yaml
+      -- dlm-jax train --config configs/experiments/dream_sft.yaml
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ JAX's Cloud TPU detection finds the coordinator and process ids on each host; th
 sets `DLM_DISTRIBUTED=tpu` (and a coordinator port, if given) and activates the environment.
 
 Example:
-  python launch/tpu_vm.py --tpu my-v5p-128 --zone us-east5-a --setup --repo-url <git URL> \\
-      -- dlm-jax train --config configs/experiments/dream7b_sft.yaml
+  python launch/tpu_vm.py --tpu my-v5p-128 --zone us-east5-a --setup --repo-url https://github.com/YOU/dlm-jax.git \\
+      -- dlm-jax train --config configs/experiments/dream_sft.yaml
 """
 
 from __future__ import annotations

@@ -82,3 +82,25 @@ def hf_logits(model: torch.nn.Module, ids: np.ndarray, pad_mask: np.ndarray, cau
     pos = torch.where(m, m.long().cumsum(-1) - 1, torch.ones_like(ids_t))
     with torch.no_grad():
         return model(input_ids=ids_t, attention_mask=bias, position_ids=pos).logits.numpy()
+
+
+def save_tokenizer(folder: pathlib.Path) -> None:
+    """A tiny byte-level BPE tokenizer (`tokenizers` format, chat template, eos/pad/mask), trained in-process."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>", "<|mask|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(["the cat sat on the mat", "a dog is not a cat"] * 10, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>", mask_token="<|mask|>"
+    )
+    fast.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    fast.save_pretrained(folder)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from conversion.tensor_io import WeightStore
 from dlm_jax import DiffusionLM
+from dlm_jax.conversion.tensor_io import WeightStore
 from tests.hf_models import build, save
 
 
@@ -43,7 +43,7 @@ def test_bf16_sharded_round_trip_through_the_native_format(tmp_path):
     model = DiffusionLM.from_pretrained(src, dtype="bfloat16")
     native = model.save_pretrained(tmp_path / "native", format="dlm_jax")
     again = DiffusionLM.from_pretrained(native, dtype="bfloat16")
-    from conversion.engine import export_hf
+    from dlm_jax.conversion.engine import export_hf
 
     out = export_hf(again.params, again.config, tmp_path / "out", hf_config=again.hf_config, max_shard_bytes=10_000)
     assert (out / "model.safetensors.index.json").is_file()

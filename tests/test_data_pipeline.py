@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from dlm_jax.data import encode, pipeline, sources, tasks
+from dlm_jax.data.config import DataConfig
 from dlm_jax.data.tokenizer import HFTokenizer, SimpleTokenizer
-from dlm_jax.training.config import DataConfig, TrainConfig
+from dlm_jax.evaluation.tasks import DATA_DIR as DREAM_PLANNING
+from dlm_jax.training.config import TrainConfig
 
 
 def _write_jsonl(path, rows):
@@ -129,13 +131,13 @@ def test_hf_tokenizer_from_local_folder_with_chat_template(tmp_path):
         HFTokenizer(tmp_path / "missing")
 
 
-def _dream_inputs(data_dir, prefix):
-    return {json.loads(line)["input"] for f in (data_dir / "dream_planning").glob(f"{prefix}*.jsonl")
+def _dream_inputs(prefix):
+    return {json.loads(line)["input"] for f in DREAM_PLANNING.glob(f"{prefix}*.jsonl")
             for line in f.read_text().splitlines()}
 
 
-def test_sudoku_generator_is_valid_and_disjoint_from_dream_tests(data_dir):
-    test_inputs = _dream_inputs(data_dir, "sudoku")
+def test_sudoku_generator_is_valid_and_disjoint_from_dream_tests():
+    test_inputs = _dream_inputs("sudoku")
     assert {tasks.input_hash(x) for x in test_inputs} <= tasks.heldout_hashes()["sudoku"]
     recs = tasks.sudoku_records(3000, seed=0, min_given=10, max_given=12)  # dense puzzles collide most easily
     assert not {r["input"] for r in recs} & test_inputs
@@ -147,8 +149,8 @@ def test_sudoku_generator_is_valid_and_disjoint_from_dream_tests(data_dir):
         assert all(p in ("0", s) for p, s in zip(puzzle, r["output"].replace("\n", ""), strict=True))
 
 
-def test_countdown_generator_is_valid_and_disjoint_from_dream_tests(data_dir):
-    test_inputs = _dream_inputs(data_dir, "cd")
+def test_countdown_generator_is_valid_and_disjoint_from_dream_tests():
+    test_inputs = _dream_inputs("cd")
     assert {tasks.input_hash(x) for x in test_inputs} <= tasks.heldout_hashes()["countdown"]
     recs = tasks.countdown_records(500, seed=0, num_operands=3)
     assert not {r["input"] for r in recs} & test_inputs

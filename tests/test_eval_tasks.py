@@ -100,7 +100,7 @@ def tiny_model_dir(tmp_path_factory):
     model.params = jax.tree.map(lambda x: x * 4.0 if x.ndim >= 2 else x, model.params)
     path = tmp_path_factory.mktemp("evalcli") / "model"
     model.save_pretrained(path, format="dlm_jax")
-    tok.save(path / "tokenizer.json")
+    tok.save_pretrained(path)
     return path, tok
 
 

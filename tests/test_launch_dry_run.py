@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CMD = ["--", "dlm-jax", "train", "--config", "configs/experiments/dream7b_sft.yaml", "--set", "train.lr=1e-5"]
+CMD = ["--", "dlm-jax", "train", "--config", "configs/experiments/dream_sft.yaml", "--set", "train.lr=1e-5"]
 
 
 def launch(script, *argv):
@@ -28,7 +28,7 @@ def test_tpu_vm_dry_run():
         ".venv/bin/pip install -q -e . '\"'\"'jax[tpu]'\"'\"''",
         f"{ssh} '--command=cd ~/dlm-jax && source .venv/bin/activate && "
         "export DLM_COORDINATOR_PORT=8476 DLM_DISTRIBUTED=tpu && "
-        "dlm-jax train --config configs/experiments/dream7b_sft.yaml --set train.lr=1e-5'",
+        "dlm-jax train --config configs/experiments/dream_sft.yaml --set train.lr=1e-5'",
     ]
 
 
@@ -53,7 +53,7 @@ def test_slurm_dry_run_per_gpu():
         "cd .",
         "source .venv/bin/activate",
         "export DLM_COORDINATOR_PORT=29500 DLM_DISTRIBUTED=slurm",
-        "srun --kill-on-bad-exit=1 --ntasks-per-node=8 dlm-jax train --config configs/experiments/dream7b_sft.yaml "
+        "srun --kill-on-bad-exit=1 --ntasks-per-node=8 dlm-jax train --config configs/experiments/dream_sft.yaml "
         "--set train.lr=1e-5",
         "sbatch job.sbatch",
     ]
@@ -73,7 +73,7 @@ def test_local_dry_run():
     assert code == 0
     env = "DLM_COORDINATOR_ADDRESS=127.0.0.1 DLM_COORDINATOR_PORT=12345 DLM_DISTRIBUTED=explicit DLM_NUM_PROCESSES=2"
     tail = "JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=4"
-    run = "dlm-jax train --config configs/experiments/dream7b_sft.yaml --set train.lr=1e-5"
+    run = "dlm-jax train --config configs/experiments/dream_sft.yaml --set train.lr=1e-5"
     assert out.splitlines() == [
         f"(export {env} DLM_PROCESS_ID=0 {tail} && {run}) &",
         f"(export {env} DLM_PROCESS_ID=1 {tail} && {run}) &",

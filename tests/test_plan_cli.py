@@ -78,7 +78,7 @@ def test_plan_bad_input(tiny_yaml, argv, message, capsys):
 def test_plan_indivisible_dimension_fails_before_compiling():
     from dlm_jax.models.config import ModelConfig
     from dlm_jax.parallel import MeshConfig
-    from dlm_jax.parallel.plan import plan_train_step
+    from dlm_jax.training.plan import plan_train_step
 
     cfg = ModelConfig(**{**TINY, "hidden_size": 36, "num_heads": 3})
     with pytest.raises(

@@ -1,7 +1,5 @@
 """Behaviour of each sampler mode: Dream filters/origin/alg_temp, LLaDA blocks/random/CFG, DiffuLLaMA NFE, hooks."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +7,7 @@ import pytest
 
 from dlm_jax.api import DiffusionLM
 from dlm_jax.models import decoder
-from dlm_jax.sampling import GenerateConfig, loop
+from dlm_jax.sampling import GenerateConfig, loop, rows
 from dlm_jax.sampling.algorithms import top_count
 from dlm_jax.sampling.schedules import dream_transfer_fractions, llada_transfer_count
 from dlm_jax.sampling.stats import position_stats, top_k_filter, top_p_filter
@@ -89,37 +87,17 @@ def test_top_count_picks_the_highest_scores_per_row():
         np.testing.assert_array_equal(got[row], expected)
 
 
-def _torch_top_p(logits, top_p):  # Dream's top_p_logits
-    import torch
-    import torch.nn.functional as F
-
-    sorted_logits, sorted_indices = torch.sort(logits, descending=True)
-    cumulative = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1)
-    remove = cumulative > top_p
-    remove[..., 1:] = remove[..., :-1].clone()
-    remove[..., 0] = 0
-    mask = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, sorted_indices, remove)
-    return logits.masked_fill(mask, torch.finfo(logits.dtype).min)
-
-
-def _torch_top_k(logits, top_k):  # Dream's top_k_logits
-    import torch
-
-    top_k = min(top_k, logits.size(-1))
-    remove = logits < torch.topk(logits, top_k)[0][..., -1, None]
-    return logits.masked_fill(remove, torch.finfo(logits.dtype).min)
-
-
 def test_top_p_top_k_filters_match_dream():
-    torch = pytest.importorskip("torch")
+    ref = pytest.importorskip("tests.torch_reference")
+    torch = ref.torch
     logits = np.random.default_rng(1).normal(size=(6, 40)).astype(np.float32) * 3
     for p in (0.1, 0.5, 0.9, 1.0):
         np.testing.assert_array_equal(
-            np.asarray(top_p_filter(jnp.asarray(logits), p)), _torch_top_p(torch.tensor(logits), p).numpy()
+            np.asarray(top_p_filter(jnp.asarray(logits), p)), ref.top_p_logits(torch.tensor(logits), p).numpy()
         )
     for k in (1, 3, 40, 100):
         np.testing.assert_array_equal(
-            np.asarray(top_k_filter(jnp.asarray(logits), k)), _torch_top_k(torch.tensor(logits), k).numpy()
+            np.asarray(top_k_filter(jnp.asarray(logits), k)), ref.top_k_logits(torch.tensor(logits), k).numpy()
         )
 
 
@@ -138,64 +116,13 @@ def test_llada_sampling_scores_with_the_untempered_softmax():
 # ---- Dream against a PyTorch port of its step loop ---------------------------------------------
 
 
-def _torch_dream(model_dir, input_ids, max_new_tokens, steps, alg, top_p=None, top_k=None, eps=1e-3):
-    """Dream's `_sample` (temperature 0, alg_temp 0), written out over transformers' Qwen2 with full attention."""
-    import torch
-    import torch.nn.functional as F
-    from safetensors.torch import load_file
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    c = json.loads((model_dir / "config.json").read_text())
-    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-    cfg = Qwen2Config(
-        **{k: c[k] for k in keys},
-        num_key_value_heads=c["num_key_value_heads"],
-        rms_norm_eps=c["rms_norm_eps"],
-        rope_theta=c["rope_theta"],
-        tie_word_embeddings=False,
-        attn_implementation="eager",
-    )
-    net = Qwen2ForCausalLM(cfg).eval()
-    net.load_state_dict(load_file(model_dir / "model.safetensors"))
-    x = F.pad(torch.tensor(input_ids), (0, max_new_tokens), value=MASK)
-    full = torch.ones(x.shape[0], 1, x.shape[1], x.shape[1], dtype=torch.bool)
-    timesteps = torch.linspace(1, eps, steps + 1)
-    with torch.no_grad():
-        for i in range(steps):
-            mask_index = x == MASK
-            logits = net(x, attention_mask=full).logits
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)[mask_index]
-            if top_p is not None:
-                logits = _torch_top_p(logits, top_p)
-            if top_k is not None:
-                logits = _torch_top_k(logits, top_k)
-            probs = torch.softmax(logits, dim=-1)
-            confidence, x0 = probs.max(dim=-1)
-            if alg == "topk_margin":
-                top2 = torch.sort(probs, dim=-1, descending=True)[0]
-                confidence = top2[:, 0] - top2[:, 1]
-            if alg == "entropy":
-                confidence = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
-            t, s = timesteps[i], timesteps[i + 1]
-            mean = mask_index.sum() / mask_index.shape[0]
-            count = int(mean * (1 - s / t)) if i < steps - 1 else int(mean)
-            full_conf = torch.full(x.shape, -torch.inf)
-            full_conf[mask_index] = confidence
-            if count > 0:
-                index = torch.topk(full_conf, count).indices
-                cand = torch.full_like(x, MASK)
-                cand[mask_index] = x0
-                rows = torch.arange(x.shape[0])[:, None].expand_as(index)
-                x[rows, index] = cand[rows, index]
-    return x.numpy()
-
-
 @pytest.mark.parametrize(("alg", "top_p", "top_k"), [("maskgit_plus", 0.3, None), ("entropy", None, 5)])
 def test_dream_top_p_top_k_match_pytorch_port(dream, data_dir, alg, top_p, top_k):
-    pytest.importorskip("transformers")
+    ref = pytest.importorskip("tests.torch_reference")
     ids = _prompts(2, 5, seed=3)
     out = dream.diffusion_generate(ids, max_new_tokens=8, steps=4, alg=alg, top_p=top_p, top_k=top_k)
-    expected = _torch_dream(data_dir / "parity" / "dream" / "model", ids, 8, 4, alg, top_p, top_k)
+    net = ref.qwen2_from_folder(data_dir / "parity" / "dream" / "model")
+    expected = ref.dream_generate(net, ids, MASK, 8, 4, alg, top_p, top_k)
     np.testing.assert_array_equal(out.sequences, expected)
 
 
@@ -317,7 +244,7 @@ def test_cfg_mixes_both_branches_of_one_batched_forward(llada):
     x = jnp.array([[5, 6, 7, 259, 259, 259]])
     prompt = x != 259
     gen = GenerateConfig(max_new_tokens=3, steps=3, alg="low_confidence", cfg_scale=1.5)
-    got = jax.jit(lambda p: loop.model_logits(p, cfg, gen, x, None, prompt))(params)
+    got = jax.jit(lambda p: rows.guided_logits(p, cfg, gen, rows.model_hidden(p, cfg, gen, x, None, prompt)))(params)
     forward = jax.jit(lambda p, ids: decoder.apply(p, ids, config=cfg))
     cond, un = forward(params, x), forward(params, jnp.where(prompt, 259, x))
     np.testing.assert_allclose(np.asarray(got), np.asarray(un + 2.5 * (cond - un)), rtol=1e-5, atol=1e-5)

@@ -86,7 +86,7 @@ def test_generate_jsonl_batch_matches_the_api_on_the_same_padded_batch(model_dir
 def test_generate_prompt_ids_without_tokenizer(data_dir, capsys):
     folder = data_dir / "parity" / "dream" / "model"
     assert cli.main(["generate", "--model", str(folder), "--prompt", "hello", *SAMPLER]) == 2
-    assert "--prompt-ids" in capsys.readouterr().err
+    assert f"no tokenizer in {folder}: pass --tokenizer" in capsys.readouterr().err
     assert cli.main(["generate", "--model", str(folder), "--prompt-ids", "5,6,7", *SAMPLER]) == 0
     model = DiffusionLM.from_pretrained(folder)
     expected = model.diffusion_generate(np.array([[5, 6, 7]]), max_new_tokens=8, steps=4, alg="entropy")
@@ -112,9 +112,18 @@ def test_chat_reads_turns_from_stdin_and_applies_the_template(model_dir, api, ca
     assert out.count("assistant> ") == 1 and f"assistant> {replies[0]}" in out
 
 
-def test_chat_needs_a_chat_template_and_renders_masks(data_dir, api, capsys):
-    assert cli.main(["chat", "--model", str(data_dir / "parity" / "dream" / "model")]) == 2
-    assert "chat template" in capsys.readouterr().err
+def test_chat_needs_a_chat_template_and_renders_masks(data_dir, model_dir, api, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    folder = data_dir / "parity" / "dream" / "model"
+    assert cli.main(["chat", "--model", str(folder)]) == 2
+    assert f"no tokenizer in {folder}: pass --tokenizer" in capsys.readouterr().err
+    plain = tmp_path / "no_template"
+    untemplated = AutoTokenizer.from_pretrained(model_dir)
+    untemplated.chat_template = None
+    untemplated.save_pretrained(plain)
+    assert cli.main(["chat", "--model", str(folder), "--tokenizer", str(plain)]) == 2
+    assert f"the tokenizer in {plain} has no chat template" in capsys.readouterr().err
     _, tok = api
     text = render_canvas(tok, [5, 299, 6, 299], 299)
     assert text.plain == f"w5{MASK_GLYPH}w6{MASK_GLYPH}"

@@ -9,8 +9,8 @@ from dlm_jax.api import DiffusionLM
 from dlm_jax.models import decoder
 from dlm_jax.models.config import ModelConfig
 from dlm_jax.ops.token_stats import xla_token_stats
-from dlm_jax.sampling import GenerateConfig, loop
-from dlm_jax.sampling.rows import CONFIDENCE, feeding_rows, head_logits, model_hidden, row_buckets, row_stats
+from dlm_jax.sampling import GenerateConfig
+from dlm_jax.sampling.rows import CONFIDENCE, feeding_rows, guided_logits, model_hidden, row_buckets, row_stats
 from dlm_jax.sampling.stats import position_stats
 
 
@@ -40,7 +40,7 @@ def test_row_buckets_and_feeding_rows_by_hand():
 
 
 @pytest.mark.parametrize("tied", [False, True])
-def test_head_logits_is_the_decoders_head(untied, tied):
+def test_head_on_hidden_states_is_the_decoders_forward(untied, tied):
     config = _config(tie_embeddings=True) if tied else untied[0]
     params = decoder.init(jax.random.key(1), config) if tied else untied[1]
     ids = jax.random.randint(jax.random.key(2), (2, 11), 0, 96)
@@ -50,7 +50,7 @@ def test_head_logits_is_the_decoders_head(untied, tied):
             decoder.apply(params, ids, config=config),
         )
     )(ids)
-    np.testing.assert_array_equal(jax.jit(lambda h: head_logits(params, config, h))(hidden), logits)
+    np.testing.assert_array_equal(jax.jit(lambda h: decoder.head(params, config, h))(hidden), logits)
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,7 @@ def test_row_stats_on_packed_rows_equal_the_full_computation(untied, gen, densit
     @jax.jit
     def packed_and_full(x, needed):
         hidden = model_hidden(params, config, gen, x, None, prompt)
-        logits = loop.model_logits(params, config, gen, x, None, prompt)
+        logits = guided_logits(params, config, gen, hidden)  # the head on every row
         return row_stats(params, config, gen, hidden, needed, key), position_stats(logits, gen, key)
 
     got, want = packed_and_full(x, needed)

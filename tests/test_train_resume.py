@@ -1,8 +1,8 @@
 """Checkpoints: resume is exact (params and loss curve), other shapes and broken states are refused."""
 
+import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from dlm_jax.training.checkpoint import Checkpointer
@@ -62,9 +62,7 @@ def test_resume_is_exact_and_other_shapes_are_refused(tmp_path, compile_cache):
     assert half.interrupted and int(half.state.step) == N and int(second.state.step) == N
     rest = second.run()
     second.close()
-    same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))), full.state.params,
-                        rest.state.params)
-    assert all(jax.tree.leaves(same))
+    chex.assert_trees_all_equal(full.state.params, rest.state.params)
     curve = lambda path: [(r["step"], r["loss"]) for r in read_metrics(path) if "loss" in r]  # noqa: E731
     straight_curve, split_curve = curve(root / "straight" / "metrics.jsonl"), curve(root / "split" / "metrics.jsonl")
     assert [s for s, _ in split_curve] == list(range(1, 2 * N + 1))

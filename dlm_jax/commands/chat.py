@@ -8,11 +8,19 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from dlm_jax.commands.generate import add_sampler_arguments, load_model, load_tokenizer, sampler_kwargs, template_ids
+from dlm_jax.commands.generate import (
+    add_sampler_arguments,
+    call_options,
+    default_max_new_tokens,
+    load_model,
+    open_tokenizer,
+    template_ids,
+)
 
 EXAMPLE = """example:
   dlm-jax chat --model Dream-v0-Instruct-7B --max-new-tokens 128 --steps 128 --alg entropy --temperature 0.2
   printf 'hello\\nand again\\n' | dlm-jax chat --model my_model --no-live     # turns from stdin
+  dlm-jax chat --model dream7b_jax --tokenizer Dream-v0-Instruct-7B   # the tokenizer of another folder
 Type a message and press enter; an empty line, /exit or end of input quits, /reset clears the history.
 """
 
@@ -38,15 +46,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def render_canvas(tokenizer: Any, ids: list[int], mask_id: int):
-    """A rich Text of the generated region: decoded tokens, masks as shaded blocks."""
+    """A rich Text of the generated region: each run of decoded tokens in bold, masks as shaded blocks."""
     from rich.text import Text
 
     text = Text()
-    for token in ids:
-        if token == mask_id:
+    run: list[int] = []
+    for token in [*ids, None]:
+        if token is not None and token != mask_id:
+            run.append(token)
+            continue
+        if run:
+            text.append(tokenizer.decode(run, skip_special_tokens=False), style="bold")
+            run = []
+        if token is not None:
             text.append(MASK_GLYPH, style="dim")
-        else:
-            text.append(tokenizer.decode([token]), style="bold")
     return text
 
 
@@ -67,14 +80,20 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    tokenizer = load_tokenizer(args.model)
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"{args.model}: chat needs a tokenizer with a chat template in the model folder")
+    from dlm_jax.commands.sampler_flags import given_flags, sampler_settings
+    from dlm_jax.sampling.frontend import build_config
+
+    given_flags(args)  # a bad sampler flag fails before the model loads
+    tokenizer = open_tokenizer(args.model, args.tokenizer, needed=True)
+    if not tokenizer.chat_template:
+        source = args.tokenizer or args.model
+        raise ValueError(f"the tokenizer in {source} has no chat template; pass --tokenizer PATH to one that has")
     model = load_model(args)
     mask_id = model.config.require_mask_token()
     console = Console()
     live = sys.stdout.isatty() if args.live is None else args.live
-    kwargs = sampler_kwargs(args, tokenizer)
+    settings = {**sampler_settings(args, model.config.eos_token_id, tokenizer), "output_history": live}
+    options = call_options(args, tokenizer)
     base = [] if args.system is None else [{"role": "system", "content": args.system}]
     messages = list(base)
     for turn in read_turns(sys.stdin):
@@ -84,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
             continue
         messages.append({"role": "user", "content": turn})
         prompt = template_ids(tokenizer, messages)
-        out = model.diffusion_generate([prompt], output_history=live, **kwargs)
+        context = model.config.max_position_embeddings
+        new = settings.get("max_new_tokens") or default_max_new_tokens(args.model, context, len(prompt))
+        out = model.diffusion_generate([prompt], gen=build_config({**settings, "max_new_tokens": new}), **options)
         if live:
             with Live(console=console, refresh_per_second=30, transient=True) as view:
                 for frame in out.history[:, 0, len(prompt) :]:

@@ -15,15 +15,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
         help="convert an HF (Dream/Qwen2, LLaMA, GPT-2) folder to dlm_jax format or back",
-        description="Convert checkpoints. The output folder appears only when the conversion succeeded.",
+        description=(
+            "Convert checkpoints. The output keeps the source's weight dtype (unless --dtype), its config.json\n"
+            "keys, tokenizer files and generation_config.json, and appears only when the conversion succeeded."
+        ),
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--src", required=True, help="an HF model folder or a dlm_jax checkpoint folder")
-    p.add_argument("--dst", required=True, help="output folder (must not exist or be empty)")
+    p.add_argument("--dst", required=True, help="output folder (must not exist, or be empty; never the --src folder)")
     p.add_argument("--to", choices=("dlm_jax", "hf"), required=True, help="output format")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --dst")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "bfloat16", "float16"),
+        help="weight dtype of the output (default: the dtype --src stores)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a --dst folder that holds a model written by dlm-jax"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -34,26 +44,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--set {pair!r}: expected KEY=VALUE")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
-    from dlm_jax.api import DiffusionLM
+    from dlm_jax.api import model_folder
+    from dlm_jax.conversion.engine import convert
+    from dlm_jax.models.config import parse_overrides
+    from dlm_jax.output_dir import check_output_dir
 
-    model = DiffusionLM.from_pretrained(args.src, dtype=args.dtype, **parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    model_folder(args.src)
+    check_output_dir(args.dst, overwrite=args.overwrite, source=args.src)
+    config = convert(args.src, args.dst, args.to, dtype=args.dtype, overwrite=args.overwrite, **overrides)
     print(
-        f"loaded {args.src}: family={model.config.family} layers={model.config.num_layers} "
-        f"hidden={model.config.hidden_size} vocab={model.config.vocab_size}"
+        f"converted {args.src}: family={config.family} layers={config.num_layers} "
+        f"hidden={config.hidden_size} vocab={config.vocab_size} dtype={config.param_dtype}"
     )
-    out = model.save_pretrained(args.dst, format=args.to, overwrite=args.overwrite)
-    print(f"wrote {args.to} checkpoint to {out}")
+    print(f"wrote {args.to} checkpoint to {args.dst}")
     return 0

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from dlm_jax.training import reverse_curse
+    from dlm_jax.experiments import reverse_curse
 
     for name in ("steps", "facts", "width", "layers"):
         if getattr(args, name) < 1:
@@ -76,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
     console.print("[bold]2. sample outputs[/] (greedy; MDM through DiffusionLM.diffusion_generate)")
     for name, m in models.items():
         for direction, q in m["queries"].items():
-            query, expected, produced = q.samples[0]
-            mark = "[green]ok[/]" if produced.strip() == expected else "[red]x[/]"
+            query, _, produced, correct = q.samples[0]
+            mark = "[green]ok[/]" if correct else "[red]x[/]"
             console.print(f"  {name.upper():4s} {direction:17s} {query!r:45s} -> {produced!r} {mark}")
     table = Table(title="3. exact-match accuracy over all facts")
     table.add_column("query")

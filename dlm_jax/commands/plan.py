@@ -143,7 +143,7 @@ def render(plan: dict) -> str:
 def _child() -> int:
     args = argparse.Namespace(**json.loads(os.environ[_CHILD_ENV]))
     try:
-        from dlm_jax.parallel.plan import plan_train_step
+        from dlm_jax.training.plan import plan_train_step
 
         plan = plan_train_step(
             _model_config(args),

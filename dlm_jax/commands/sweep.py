@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from dlm_jax.training.sweep import DEFAULT_FLOPS, run_sweep
+    from dlm_jax.experiments.sweep import DEFAULT_FLOPS, run_sweep
 
     flops = tuple(args.flops) if args.flops else DEFAULT_FLOPS
     if any(c <= 0 for c in flops):

@@ -85,8 +85,13 @@ def encode_sft(
     `pad_loss` the pads are also dropped from attention (`attention_mask` = 0).
 
     Example:
-        >>> ex = encode_sft({"input": "1+1=", "output": "2"}, tok, "pairs", 8)
-        >>> ex["prompt_mask"].sum(), ex["loss_mask"].sum()
+        >>> from dlm_jax.data.tokenizer import SimpleTokenizer
+        >>> tok = SimpleTokenizer.build(["1+1=\\n2"], level="char")  # ids 0-4 are <pad> <bos> <eos> <mask> <unk>
+        >>> ex = encode_sft({"input": "1+1=", "output": "2"}, tok, "pairs", 8)  # prompt "1+1=\\n", EOS = 2
+        >>> ex["input_ids"].tolist()
+        [7, 6, 7, 9, 5, 8, 2, 2]
+        >>> ex["prompt_mask"].tolist(), ex["loss_mask"].tolist()
+        ([1, 1, 1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 1, 1, 1])
     """
     prompt, response = sft_texts(record, fmt, tokenizer, where)
     p_ids = tokenizer.encode(prompt)

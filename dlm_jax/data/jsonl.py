@@ -12,8 +12,15 @@ def iter_jsonl(path: str | pathlib.Path) -> Iterator[tuple[int, dict[str, Any]]]
     """Yield `(line_number, record)` for each non-blank line of a JSONL file of objects.
 
     Example:
+        >>> _ = pathlib.Path("train.jsonl").write_text('{"text": "a b"}\\n\\n{"text": "c"}\\n')
         >>> for lineno, record in iter_jsonl("train.jsonl"):
         ...     print(lineno, record["text"])
+        1 a b
+        3 c
+        >>> _ = pathlib.Path("bad.jsonl").write_text('{"text": "a b"}\\n["c"]\\n')
+        >>> list(iter_jsonl("bad.jsonl"))
+        Traceback (most recent call last):
+        ValueError: bad.jsonl:2: expected a JSON object, got list
     """
     path = pathlib.Path(path)
     if not path.is_file():

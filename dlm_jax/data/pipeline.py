@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import grain
 import numpy as np
 
 from dlm_jax.data import encode, sources, tasks
-from dlm_jax.data.tokenizer import HFTokenizer, SimpleTokenizer, Tokenizer
-from dlm_jax.training.config import DataConfig, TrainConfig
+from dlm_jax.data.config import SYNTHETIC, DataConfig
+from dlm_jax.data.tokenizer import SimpleTokenizer, Tokenizer, load_tokenizer
 
-SYNTHETIC = ("reverse_curse", "sudoku", "countdown", "arithmetic")
 # Whole batches are read ahead: a few are enough (grain's default, 500 elements, would encode 500 batches).
 BATCH_READ = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+
+
+class Batching(Protocol):
+    """The batch settings a pipeline reads (`dlm_jax.training.config.TrainConfig` has them all)."""
+
+    batch_size: int
+    seq_len: int
+    seed: int
+    eval_batches: int
+    sft_pad_loss: bool
 
 
 def synthetic_records(data: DataConfig, split: str) -> list[dict[str, Any]]:
@@ -49,9 +58,12 @@ def _texts(record: dict[str, Any], data: DataConfig) -> list[str]:
 
 
 def build_tokenizer(data: DataConfig, records: Sequence[dict[str, Any]], mask_token_id: int | None = None) -> Tokenizer:
-    """An HF tokenizer from `data.tokenizer` (a local folder), else the in-process `SimpleTokenizer` over `records`."""
+    """The tokenizer at `data.tokenizer` (see `load_tokenizer`), else a `SimpleTokenizer` built over `records`."""
     if data.tokenizer:
-        return HFTokenizer(data.tokenizer, mask_token_id)
+        try:
+            return load_tokenizer(data.tokenizer, mask_token_id=mask_token_id)
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"data.tokenizer={data.tokenizer!r}: {e}") from None
     level = data.options.get("level", "word" if data.kind == "reverse_curse" else "char")
     corpus = [t for r in records for t in _texts(r, data)]
     return SimpleTokenizer.build(corpus, level=level)
@@ -63,7 +75,7 @@ def _task_format(data: DataConfig) -> str:
     return data.format
 
 
-def _encoder(data: DataConfig, train: TrainConfig, tokenizer: Tokenizer, origin: Any, size: int):
+def _encoder(data: DataConfig, train: Batching, tokenizer: Tokenizer, origin: Any, size: int):
     fmt = _task_format(data)
 
     def where(index: int) -> str:
@@ -81,10 +93,11 @@ def _encoder(data: DataConfig, train: TrainConfig, tokenizer: Tokenizer, origin:
     )
 
 
-def shard_rows(train: TrainConfig, shard: tuple[int, int]) -> int:
+def shard_rows(train: Batching, shard: tuple[int, int]) -> int:
     """Rows of each global batch that one data shard reads: `train.batch_size // count`.
 
     Example:
+        >>> from dlm_jax.training.config import TrainConfig
         >>> shard_rows(TrainConfig(batch_size=32), (1, 4))
         8
     """
@@ -101,7 +114,7 @@ def shard_rows(train: TrainConfig, shard: tuple[int, int]) -> int:
 def make_dataset(
     records: Sequence[dict[str, Any]],
     data: DataConfig,
-    train: TrainConfig,
+    train: Batching,
     tokenizer: Tokenizer,
     *,
     split: str = "train",
@@ -110,16 +123,27 @@ def make_dataset(
     """The batched grain dataset for `split`, as seen by data shard `shard = (index, count)`.
 
     Train: records are shuffled with `train.seed` (reshuffled each epoch) and repeated forever.
-    Val: one ordered pass. Each batch holds this shard's `batch_size // count` rows of the global
-    batch; the trainer takes (index, count) from `parallel.distributed.data_shard`, so a process
-    encodes only the rows its devices hold. Unpacked data: rows are cut from the one global stream,
+    Val: one ordered pass over at most `train.eval_batches` batches, the last one possibly short.
+    Each batch holds this shard's `batch_size // count` rows of the global batch; the trainer takes
+    (index, count) from `parallel.distributed.data_shard`, so a process encodes only the rows its
+    devices hold. Unpacked data: rows are cut from the one global stream,
     so the global batch (and the iterator state) is the same for any shard count. Text with
     `data.pack` is concatenated (EOS between documents) and split into `seq_len` rows; there each
     shard packs its own strided subset of the documents (`index::count`), so its state is per shard.
 
     Example:
-        >>> ds = make_dataset(records, data_cfg, train_cfg, tok)
-        >>> it = iter(ds); batch = next(it); it.get_state()  # checkpointable
+        >>> from dlm_jax.training.config import TrainConfig
+        >>> data = DataConfig(kind="reverse_curse", pack=False, options={"num_facts": 4})
+        >>> records = load_records(data, "train")
+        >>> tok = build_tokenizer(data, records)
+        >>> it = iter(make_dataset(records, data, TrainConfig(batch_size=2, seq_len=12), tok))
+        >>> batch = next(it)
+        >>> batch["input_ids"].shape, batch["input_ids"][0].tolist()  # one fact a row, EOS-padded
+        ((2, 12), [17, 11, 18, 23, 22, 20, 14, 5, 2, 2, 2, 2])
+        >>> tok.decode(batch["input_ids"][0])
+        'Vidra Fensa is the singer of Orrin .'
+        >>> it.get_state()  # checkpointable: `it.set_state(state)` resumes at the next batch
+        {'next_index': 1}
     """
     if len(records) == 0:
         raise ValueError(f"data ({data.kind}): the {split} split has no records")
@@ -130,27 +154,68 @@ def make_dataset(
     packed = _task_format(data) == "text" and data.pack
     if packed:
         ds = ds[index::count]
+    whole = split == "train"  # validation keeps a short last batch (see `val_batches`)
     if split == "train":
         if data.shuffle:
             ds = ds.shuffle(seed=train.seed)
         ds = ds.repeat(None)
     elif not packed:
-        ds = ds[: len(ds) // train.batch_size * train.batch_size]  # whole global batches only
+        ds = ds[: train.eval_batches * train.batch_size]  # validation reads a bounded number of rows
     if not packed:
         # Batch b of this shard = global rows [b*B + index*rows, b*B + (index+1)*rows).
-        return ds.batch(rows, drop_remainder=True)[index::count].to_iter_dataset(BATCH_READ)
+        return ds.batch(rows, drop_remainder=whole)[index::count].to_iter_dataset(BATCH_READ)
     it_ds = grain.experimental.ConcatThenSplitIterDataset(
         ds.to_iter_dataset(), length_struct={"input_ids": train.seq_len}
     )
-    it_ds = it_ds.map(lambda ex: {"input_ids": np.asarray(ex["input_ids"], np.int32)})
-    return it_ds.batch(rows, drop_remainder=True)
+    if whole:
+        it_ds = it_ds.map(lambda ex: {"input_ids": np.asarray(ex["input_ids"], np.int32)})
+    else:  # the last packed row is zero-filled: leave the filler unscored
+        it_ds = it_ds.map(lambda ex: {"input_ids": np.asarray(ex["input_ids"], np.int32),
+                                      "loss_mask": (np.asarray(ex["input_ids_segment_ids"]) > 0).astype(np.int32)})
+    return it_ds.batch(rows, drop_remainder=whole)
 
 
-def val_batches(ds: grain.IterDataset, limit: int) -> list[dict[str, np.ndarray]]:
-    """Up to `limit` batches of a validation dataset, materialised once (the same batches every eval)."""
+def fill_rows(batch: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """`batch` with a `loss_mask`, grown to `rows` rows by repeating its rows; the added rows are never scored.
+
+    Example:
+        >>> fill_rows({"input_ids": np.ones((3, 4), np.int32)}, 4)["loss_mask"].sum(-1)
+        array([4, 4, 4, 0])
+    """
+    n = len(batch["input_ids"])
+    if not 0 < n <= rows:
+        raise ValueError(f"a batch of {n} rows cannot be filled to {rows} rows")
+    take = np.arange(rows) % n
+    out = {k: np.asarray(v)[take] for k, v in batch.items()}
+    scored = out.get("loss_mask", np.ones_like(out["input_ids"]))
+    out["loss_mask"] = (scored * (np.arange(rows) < n)[:, None]).astype(np.int32)
+    return out
+
+
+def unscored(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A copy of a (filled) batch that scores nothing: it lets a data shard with fewer batches join an eval."""
+    return {**batch, "loss_mask": np.zeros_like(batch["loss_mask"])}
+
+
+def scored_tokens(batch: dict[str, np.ndarray]) -> int:
+    """Tokens a batch is scored on: `loss_mask`, minus the prompt (`prompt_mask`) and padding (`attention_mask`)."""
+    scored = np.asarray(batch.get("loss_mask", np.ones_like(batch["input_ids"]))).astype(bool)
+    if "prompt_mask" in batch:
+        scored &= ~np.asarray(batch["prompt_mask"]).astype(bool)
+    if "attention_mask" in batch:
+        scored &= np.asarray(batch["attention_mask"]).astype(bool)
+    return int(scored.sum())
+
+
+def val_batches(ds: grain.IterDataset, limit: int, rows: int) -> list[dict[str, np.ndarray]]:
+    """Up to `limit` batches of a validation dataset, materialised once (the same batches every eval).
+
+    Each batch carries a `loss_mask`; a short last batch (a split smaller than a batch, or its
+    tail) is filled to `rows` rows with unscored repeats, so any non-empty split validates.
+    """
     out = []
     for batch in ds:
-        out.append(batch)
+        out.append(fill_rows(batch, rows))
         if len(out) >= limit:
             break
     return out

@@ -33,8 +33,10 @@ class JsonlSource(Sequence):
     """All records of one or more JSONL files, parsed up front; a bad line raises naming file and line.
 
     Example:
+        >>> _ = pathlib.Path("train.jsonl").write_text('{"text": "a b"}\\n\\n{"text": "c"}\\n')
         >>> src = JsonlSource("train.jsonl")
-        >>> src[0]["text"]
+        >>> len(src), src[1]["text"], src.origin[1]
+        (2, 'c', 'train.jsonl:3')
     """
 
     def __init__(self, path: str):

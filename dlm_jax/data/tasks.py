@@ -46,10 +46,6 @@ class Fact:
     def forward_text(self) -> str:
         return f"{self.name} is {self.description} ."
 
-    @property
-    def reverse_text(self) -> str:
-        return f"{self.description} is {self.name} ."
-
 
 def _names(rng: random.Random, n: int) -> list[str]:
     words = sorted({a.capitalize() + b for a, b in itertools.product(_SYLLABLES, repeat=2)})
@@ -63,8 +59,11 @@ def reverse_curse_facts(num_facts: int, seed: int = 0) -> list[Fact]:
     """`num_facts` fictional facts with unique names and unique descriptions.
 
     Example:
-        >>> reverse_curse_facts(1, seed=0)[0].forward_text  # doctest: +SKIP
-        'Quaren Velith is the mayor of Orrin .'
+        >>> facts = reverse_curse_facts(2, seed=0)
+        >>> facts[0]
+        Fact(name='Toska Ulmi', description='the poet of Kessary')
+        >>> facts[1].forward_text
+        'Draith Novith is the judge of Lunaris .'
     """
     if not 1 <= num_facts <= len(_ROLES) * len(_PLACES):
         raise ValueError(f"num_facts={num_facts} must be in [1, {len(_ROLES) * len(_PLACES)}]")

@@ -71,8 +71,3 @@ def anneal_attention_bias(rng: jax.Array, step: jax.Array, seq_len: int, anneal_
     causal = jnp.tril(jnp.ones((seq_len, seq_len), bool))
     random_links = jax.random.uniform(rng, (seq_len, seq_len)) < ratio
     return (causal | random_links)[None, None]
-
-
-def shift_logits(logits: jax.Array) -> jax.Array:
-    """Dream/DiffuLLaMA's one-place shift: the output at i-1 scores token i (position 0 copies its own)."""
-    return jnp.concatenate([logits[:, :1], logits[:, :-1]], axis=1)

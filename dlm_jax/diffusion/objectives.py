@@ -156,7 +156,7 @@ def weighted_loss(
     masked, p_mask = corrupted.masked, corrupted.p_mask
     scored = masked
     if shift:
-        logits = masking.shift_logits(logits)
+        logits = decoder.shift_logits(logits)
         scored = scored.at[:, 0].set(False)
     ce = token_ce(logits, targets)
     seq_len = targets.shape[1]
@@ -198,7 +198,19 @@ def diffusion_loss(
     position 0 is then never scored. Pass `t` to fix the diffusion times (tests, ELBO grids).
 
     Example:
-        >>> loss, aux = diffusion_loss(params, {"input_ids": ids}, jax.random.key(0), model_config=cfg)
+        >>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                   intermediate_size=64, mask_token_id=63)
+        >>> params = decoder.init(jax.random.key(0), cfg)
+        >>> batch = {"input_ids": jnp.arange(16).reshape(2, 8)}
+        >>> loss, aux = diffusion_loss(params, batch, jax.random.key(0), model_config=cfg)
+        >>> loss.shape, int(aux["tokens"])
+        ((), 16)
+
+        At t = 1 every token is masked, so a fresh model's loss is close to log(64) = 4.16:
+
+        >>> loss, aux = diffusion_loss(params, batch, jax.random.key(0), model_config=cfg, t=jnp.ones(2))
+        >>> round(float(loss), 1), int(aux["scored_tokens"])
+        (4.2, 16)
     """
     corrupted = corrupt(
         rng,

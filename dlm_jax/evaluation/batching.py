@@ -46,9 +46,11 @@ def pack_targets(
     non-empty prompt, since position 0 has no prediction.
 
     Example:
-        >>> b = pack_targets([[5, 6]], [[7]], max_length=32)
-        >>> b.tokens.shape, b.target_pos[0, 0], b.target_lengths[0]
-        ((1, 16), 2, 1)
+        >>> b = pack_targets([[5, 6], [5]], [[7], [8, 9]], max_length=32)
+        >>> b.tokens.shape, b.tokens[:, :4].tolist()
+        ((2, 16), [[5, 6, 7, 0], [5, 8, 9, 0]])
+        >>> b.target_pos[:, :2].tolist(), b.target_lengths.tolist()  # padded slots point at L = 16
+        ([[2, 16], [1, 2]], [1, 2])
     """
     if len(prompts) != len(targets):
         raise ValueError(f"got {len(prompts)} prompts but {len(targets)} targets")

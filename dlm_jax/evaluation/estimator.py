@@ -14,6 +14,7 @@ from dlm_jax.evaluation.likelihood import ELBO_KINDS, chain_rule_log_probs, gree
 from dlm_jax.models.config import ModelConfig
 
 KINDS = (*ELBO_KINDS, "chain")
+DEFAULT_MC_BATCH = 32  # mc_batch_size when not given: min(mc_num, 32)
 
 
 class Score(NamedTuple):
@@ -33,7 +34,8 @@ class Estimator:
     kind: "elbo" (SMDM/Dream Monte-Carlo ELBO), "elbo_llada" (exactly k masked, k stratified) or
       "chain" (exact AR-order chain rule, one pass per target token).
     mc_num: Monte-Carlo samples per request; mc_batch_size of them share one forward pass and one
-      stratification group, so mc_num must be a multiple of mc_batch_size.
+      stratification group, so mc_num must be a multiple of mc_batch_size (default: min(mc_num, 32)).
+      The standard error comes from the spread over the mc_num / mc_batch_size rounds (undefined for one).
     eps: minimum mask ratio of "elbo" (p_mask = (1 - eps) t + eps).
     cfg_scale: classifier-free guidance on the logits (0 = off).
     greedy_check: for the ELBO kinds, also run LLaDA's greedy decode check (T extra passes).
@@ -41,13 +43,22 @@ class Estimator:
     seed: request i uses the key fold_in(key(seed), i), independent of batching.
 
     Example:
-        >>> est = Estimator(kind="elbo", mc_num=64, mc_batch_size=16)
-        >>> scores = est.score(model.params, model.config, [[1, 2, 3]], [[4, 5]])
+        >>> from dlm_jax.models import decoder
+        >>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                   intermediate_size=64, mask_token_id=63)
+        >>> params = decoder.init(jax.random.key(0), cfg)
+        >>> prompts, targets = [[1, 2, 3], [1]], [[4, 5], [6]]
+        >>> exact = Estimator(kind="chain").score(params, cfg, prompts, targets)
+        >>> [round(s.loglik, 1) for s in exact], [s.num_tokens for s in exact], exact[0].stderr
+        ([-8.4, -4.1], [2, 1], 0.0)
+        >>> bound = Estimator(kind="elbo", mc_num=8, mc_batch_size=4).score(params, cfg, prompts, targets)
+        >>> bound[0].loglik < 0 < bound[0].stderr  # a Monte-Carlo estimate with its standard error
+        True
     """
 
     kind: str = "elbo"
     mc_num: int = 128
-    mc_batch_size: int = 32
+    mc_batch_size: int | None = None
     eps: float = 1e-3
     cfg_scale: float = 0.0
     greedy_check: bool = True
@@ -57,6 +68,8 @@ class Estimator:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"estimator kind={self.kind!r} is not one of {KINDS}")
+        if self.mc_batch_size is None:
+            object.__setattr__(self, "mc_batch_size", min(int(self.mc_num), DEFAULT_MC_BATCH))
         for name in ("mc_num", "mc_batch_size", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")

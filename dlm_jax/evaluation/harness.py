@@ -22,7 +22,9 @@ left-to-right factorisation (one pass per token).
 
 from __future__ import annotations
 
+import inspect
 import json
+import pathlib
 import sys
 from typing import Any
 
@@ -31,21 +33,40 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from dlm_jax.evaluation.estimator import Estimator
-from dlm_jax.evaluation.generation import generate_continuations
+from dlm_jax.evaluation.generation import effective_sampler, generate_continuations
+from dlm_jax.sampling.config import parse_bool
+from dlm_jax.sampling.frontend import PUBLIC, canonical_settings, check_names, parse_settings
 
-_BOOL = {"true": True, "false": False, "1": True, "0": False}
+# model_args names from before the sampler's knobs kept their own names; they still work.
+RENAMED = {"gen_eps": "eps", "gen_cfg": "cfg_scale"}
+MAX_NEW_TOKENS = 256  # new tokens when neither the task (max_gen_toks) nor model_args max_new_tokens say
 
 
 def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in _BOOL:
-        return _BOOL[str(value).lower()]
-    raise ValueError(f"model_args {name}={value!r} must be true or false")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ValueError(f"model_args {name}={value!r} must be true or false") from None
 
 
 def _opt(value: Any, cast):
     return None if value is None or str(value).lower() == "none" else cast(value)
+
+
+def _model_arg_label(name: str, value: Any) -> str:
+    return f"model_args {name}={value!r}"
+
+
+def sampler_model_args(args: dict[str, Any], known: list[str]) -> dict[str, Any]:
+    """The sampler settings in lm-eval model_args: every public `GenerateConfig` knob by its name (or an alias:
+    `remasking`, `suppress_eos`, or the older `gen_eps` / `gen_cfg`), parsed from text. A name that is neither
+    a knob nor in `known` (the other model_args) is one error naming it and the closest names."""
+    check_names(args, [*known, *PUBLIC, *RENAMED], "model_args name")
+    for old, new in RENAMED.items():
+        if old in args and new in args:
+            raise ValueError(f"model_args {old} and {new} name the same setting; pass {new} only")
+    settings = {RENAMED.get(name, name): value for name, value in args.items()}
+    return parse_settings(settings, _model_arg_label)
 
 
 @register_model("dlm_jax")
@@ -54,14 +75,38 @@ class DLMJaxLM(TemplateLM):
 
     model_args (all optional except `pretrained`):
       pretrained, tokenizer (default: pretrained), dtype, mask_token_id, logit_shift, attention_impl;
-      likelihood: estimator (elbo|elbo_llada|chain), mc_num, mc_batch_size, eps, cfg (CFG scale),
-      greedy_check, rolling_estimator, batch_size (requests per call), max_length, seed, add_bos_token;
-      generation: max_new_tokens, steps, alg, temperature, top_p, top_k, alg_temp, gen_eps,
-      block_length, remasking, gen_cfg, gen_batch_size.
+      likelihood: estimator (elbo|elbo_llada|chain), mc_num, mc_batch_size, mc_eps (the estimator's minimum
+      mask ratio), cfg (CFG scale), greedy_check, rolling_estimator, batch_size (requests per call),
+      max_length, seed, add_bos_token;
+      generation: every `GenerateConfig` knob by its name (max_new_tokens, steps, alg, temperature, top_p,
+      top_k, alg_temp, eps, block_length, cfg_scale, logits_temp, forbid_mask_token, vocab_limit,
+      suppress_tokens as `5;6`, per_row_count), the aliases remasking and suppress_eos, the older names
+      gen_eps (= eps) and gen_cfg (= cfg_scale), and gen_batch_size. Unset knobs take `GenerateConfig`'s
+      defaults, as in `dlm-jax generate` and `dlm-jax eval`: `alg` origin (low_confidence with a
+      block_length), `top_k` Dream's effective 50 for Dream's algs (`top_k=none` turns the filter off).
+      `max_new_tokens` is used when a task gives no max_gen_toks (default 256).
+    `mc_batch_size` defaults to min(mc_num, 32). `get_model_info` (lm-eval's results["config"])
+    records the effective sampler settings.
 
     Example:
-        >>> import lm_eval, dlm_jax.evaluation.harness  # registers "dlm_jax"
-        >>> lm_eval.simple_evaluate(model="dlm_jax", model_args="pretrained=ckpt,mc_num=64", tasks=["piqa"])
+        >>> from lm_eval.api.instance import Instance
+        >>> from dlm_jax.api import DiffusionLM
+        >>> from dlm_jax.data.tokenizer import SimpleTokenizer
+        >>> from dlm_jax.models.config import ModelConfig
+        >>> tok = SimpleTokenizer.build(["the sky is blue ."])
+        >>> model = DiffusionLM.init(ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                                      intermediate_size=64, mask_token_id=tok.mask_id))
+        >>> _ = model.save_pretrained("tiny_model"); tok.save_pretrained("tiny_model")
+        >>> lm = DLMJaxLM(pretrained="tiny_model", estimator="chain")
+        >>> [(loglik, is_greedy)] = lm.loglikelihood([Instance("loglikelihood", {}, ("the sky is", " blue ."), 0)])
+        >>> round(loglik, 1), is_greedy  # an untrained model: about -log(64) = -4.16 a token
+        (-8.4, False)
+
+        lm-eval's own tasks (their datasets are downloaded by lm-eval) run through `simple_evaluate`:
+
+        >>> import lm_eval
+        >>> lm_eval.simple_evaluate(model="dlm_jax", model_args="pretrained=tiny_model,mc_num=64",
+        ...                         tasks=["piqa"])  # doctest: +SKIP
     """
 
     def __init__(
@@ -71,8 +116,8 @@ class DLMJaxLM(TemplateLM):
         dtype: str = "float32",
         estimator: str = "elbo",
         mc_num: int = 128,
-        mc_batch_size: int = 32,
-        eps: float = 1e-3,
+        mc_batch_size: int | None = None,
+        mc_eps: float = 1e-3,
         cfg: float = 0.0,
         greedy_check: bool = True,
         rolling_estimator: str = "elbo",
@@ -80,29 +125,20 @@ class DLMJaxLM(TemplateLM):
         max_length: int | None = None,
         seed: int = 0,
         add_bos_token: bool = False,
-        max_new_tokens: int = 256,
-        steps: int | None = None,
-        alg: str = "entropy",
-        temperature: float = 0.0,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        alg_temp: float | None = None,
-        gen_eps: float | None = None,
-        block_length: int | None = None,
-        remasking: str | None = None,
-        gen_cfg: float = 0.0,
         gen_batch_size: int | None = None,
         mask_token_id: int | None = None,
         logit_shift: bool | None = None,
         attention_impl: str | None = None,
         max_batch_size: int | None = None,
         device: str | None = None,
+        **sampler: Any,
     ):
         super().__init__()
         from dlm_jax.api import DiffusionLM
-        from dlm_jax.data.tokenizer import HFTokenizer
-        from dlm_jax.evaluation.tokenizers import load_tokenizer
+        from dlm_jax.data.tokenizer import HFTokenizer, has_tokenizer, load_tokenizer
 
+        own = [name for name in inspect.signature(DLMJaxLM.__init__).parameters if name not in ("self", "sampler")]
+        settings = sampler_model_args(sampler, own)
         if str(batch_size).startswith("auto"):
             raise ValueError("batch_size='auto' is not supported by dlm_jax; give an integer (requests per call)")
         overrides: dict[str, Any] = {}
@@ -112,6 +148,8 @@ class DLMJaxLM(TemplateLM):
             overrides["logit_shift"] = _as_bool("logit_shift", logit_shift)
         if attention_impl is not None:
             overrides["attention_impl"] = str(attention_impl)
+        if tokenizer is None and pathlib.Path(pretrained).is_dir() and not has_tokenizer(pretrained):
+            raise FileNotFoundError(f"no tokenizer in {pretrained}: pass tokenizer=PATH in --model_args")
         self.model = DiffusionLM.from_pretrained(pretrained, dtype=dtype, **overrides)
         self.dlm_tokenizer = load_tokenizer(tokenizer or pretrained, mask_token_id=self.model.config.mask_token_id)
         self.tokenizer = self.dlm_tokenizer.tok if isinstance(self.dlm_tokenizer, HFTokenizer) else None
@@ -120,8 +158,8 @@ class DLMJaxLM(TemplateLM):
         self.estimator = Estimator(
             kind=str(estimator),
             mc_num=int(mc_num),
-            mc_batch_size=int(mc_batch_size),
-            eps=float(eps),
+            mc_batch_size=_opt(mc_batch_size, int),
+            eps=float(mc_eps),
             cfg_scale=float(cfg),
             greedy_check=_as_bool("greedy_check", greedy_check),
             batch_size=self.batch_size,
@@ -130,21 +168,10 @@ class DLMJaxLM(TemplateLM):
         self.rolling = Estimator(**{**self.estimator.to_dict(), "kind": str(rolling_estimator), "greedy_check": False})
         self.max_length = int(max_length) if max_length is not None else self.model.config.max_position_embeddings
         self.add_bos_token = _as_bool("add_bos_token", add_bos_token)
-        self.max_new_tokens = int(max_new_tokens)
+        self.sampler = canonical_settings(settings, self.model.config.eos_token_id)
+        self.max_new_tokens = self.sampler.pop("max_new_tokens", MAX_NEW_TOKENS)
         self.gen_batch_size = int(gen_batch_size) if gen_batch_size is not None else self.batch_size
         self.seed = int(seed)
-        self.sampler = {
-            "steps": _opt(steps, int),
-            "alg": None if _opt(remasking, str) else str(alg),
-            "remasking": _opt(remasking, str),
-            "temperature": float(temperature),
-            "top_p": _opt(top_p, float),
-            "top_k": _opt(top_k, int),
-            "alg_temp": _opt(alg_temp, float),
-            "eps": _opt(gen_eps, float),
-            "block_length": _opt(block_length, int),
-            "cfg_scale": float(gen_cfg),
-        }
         self.model_args = {
             "pretrained": str(pretrained),
             "tokenizer": self._tokenizer_name,
@@ -194,7 +221,11 @@ class DLMJaxLM(TemplateLM):
             "model_config": self.model.config.to_dict(),
             "estimator": self.estimator.to_dict(),
             "rolling_estimator": self.rolling.to_dict(),
-            "sampler": {**self.sampler, "max_new_tokens": self.max_new_tokens, "batch_size": self.gen_batch_size},
+            "sampler": {
+                **effective_sampler(self.sampler),
+                "max_new_tokens": self.max_new_tokens,
+                "batch_size": self.gen_batch_size,
+            },
             "max_length": self.max_length,
             **{f"dlm_jax_{k}" if k in ("git_hash", "date") else k: v for k, v in provenance().items()},
         }
@@ -255,11 +286,8 @@ class DLMJaxLM(TemplateLM):
             sampler = dict(self.sampler)
             if not kwargs.pop("do_sample", True):
                 sampler["temperature"] = 0.0
-            for name in ("temperature", "top_p", "top_k"):
-                if name in kwargs:
-                    sampler[name] = kwargs.pop(name)
-            if sampler["steps"] is None:
-                sampler["steps"] = max_new
+            task_knobs = {name: kwargs.pop(name) for name in ("temperature", "top_p", "top_k") if name in kwargs}
+            sampler.update(parse_settings(task_knobs, lambda name, value: f"generation_kwargs {name}={value!r}"))
             prompts = []
             for i in idx:
                 ids = self.tok_encode(requests[i].args[0])

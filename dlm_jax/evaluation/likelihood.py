@@ -2,8 +2,9 @@
 
 Every kernel scores a right-padded batch of `prompt + target` rows (see `batching.TargetBatch`);
 only target tokens are ever masked. For shifted families (`config.logit_shift`, Dream/DiffuLLaMA/
-DiffuGPT) the prediction of token i is read at position i-1. With `cfg_scale > 0` the logits are
-`un + (cfg_scale + 1) * (cond - un)` where the unconditional pass also masks the prompt (LLaDA).
+DiffuGPT) the prediction of token i is read at position i-1 (`decoder.shift_logits`). With
+`cfg_scale > 0` the logits are `decoder.cfg_mix(cond, un, cfg_scale)` where the unconditional pass
+also masks the prompt (LLaDA).
 """
 
 from __future__ import annotations
@@ -13,21 +14,25 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from dlm_jax.diffusion import masking
 from dlm_jax.models import decoder
 from dlm_jax.models.config import ModelConfig
 
 ELBO_KINDS = ("elbo", "elbo_llada")
 
 
+def _gather_rows(x: jax.Array, pos: jax.Array) -> jax.Array:
+    """`x` [B, L, ...] at positions `pos` [B, T] (clipped into range): [B, T, ...]."""
+    index = jnp.clip(pos, 0, x.shape[1] - 1)
+    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
 def _logits_at(params, tokens, attention_mask, target_pos, config: ModelConfig) -> jax.Array:
-    """float32 logits [B, T, V] predicting the tokens at `target_pos` (shift applied)."""
+    """float32 logits [B, T, V] predicting the tokens at `target_pos` (shift applied): the head on those rows only."""
     hidden = decoder.apply(params, tokens, attention_mask, config=config, return_hidden=True)
-    src = target_pos - 1 if config.logit_shift else target_pos
-    src = jnp.clip(src, 0, tokens.shape[1] - 1)
-    h = jnp.take_along_axis(hidden, src[..., None], axis=1)
-    dt = jnp.dtype(config.compute_dtype)
-    w = decoder.head_weights(params, config)
-    return jnp.einsum("btd,dv->btv", h.astype(dt), w.astype(dt)).astype(jnp.float32)
+    if config.logit_shift:
+        hidden = decoder.shift_logits(hidden)
+    return decoder.head(params, config, _gather_rows(hidden, target_pos))
 
 
 def target_log_probs(
@@ -46,8 +51,13 @@ def target_log_probs(
     `cfg_scale > 0`).
 
     Example:
+        >>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                   intermediate_size=64, mask_token_id=63)
+        >>> params = decoder.init(jax.random.key(0), cfg)
+        >>> ids = jnp.array([[1, 2, 3, 63, 63]])  # prompt 1 2 3, then two masked target slots
         >>> lp = target_log_probs(params, ids, jnp.ones_like(ids), jnp.array([[3, 4]]), config=cfg)
-        >>> lp.shape  # (1, 2, vocab)
+        >>> lp.shape, jnp.exp(lp).sum(-1).round(4).tolist()  # [B, T, V]: one distribution per slot
+        ((1, 2, 64), [[1.0, 1.0]])
     """
     if cfg_scale == 0.0:
         logits = _logits_at(params, tokens, attention_mask, target_pos, config)
@@ -63,12 +73,8 @@ def target_log_probs(
             config,
         )
         cond, un = jnp.split(both, 2)
-        logits = un + (cfg_scale + 1.0) * (cond - un)
+        logits = decoder.cfg_mix(cond, un, cfg_scale)
     return jax.nn.log_softmax(logits, axis=-1)
-
-
-def _gather_rows(x: jax.Array, pos: jax.Array) -> jax.Array:
-    return jnp.take_along_axis(x, jnp.clip(pos, 0, x.shape[1] - 1), axis=1)
 
 
 def _token_log_probs(params, noisy, tokens, attention_mask, is_target, target_pos, config, cfg_scale):
@@ -83,21 +89,25 @@ def _token_log_probs(params, noisy, tokens, attention_mask, is_target, target_po
 def sample_target_masks(key: jax.Array, is_target: jax.Array, *, mc_batch: int, kind: str, eps: float):
     """Stratified masks [mc_batch, L] over one row's target positions, and their `p_mask` [mc_batch].
 
-    `kind="elbo"` (SMDM/Dream): `t_b = (u0 + b/B) mod 1`, `p = (1-eps) t + eps`, each target token
-    masked independently with probability p. `kind="elbo_llada"`: exactly k tokens masked, with
-    `k_b = ((k0 + round(b T / B)) mod T) + 1` for k0 uniform in 0..T-1 (T target tokens), `p = k/T`.
+    `kind="elbo"` (SMDM/Dream): the training objectives' times and rate, `masking.sample_times(...,
+    "antithetic")` (`t_b = (u + b/B) mod 1`, one draw in each of B strata) and `masking.mask_probability`
+    (`p = (1-eps) t + eps`); each target token is masked independently with probability p.
+    `kind="elbo_llada"`: exactly k tokens masked, with `k_b = ((k0 + round(b T / B)) mod T) + 1` for
+    k0 uniform in 0..T-1 (T target tokens), `p = k/T`.
 
     Example:
+        >>> is_t = jnp.array([False, True, True, True])
         >>> masks, p = sample_target_masks(jax.random.key(0), is_t, mc_batch=4, kind="elbo", eps=1e-3)
+        >>> masks.shape, bool(masks[:, 0].any())
+        ((4, 4), False)
     """
     k_t, k_m = jax.random.split(key)
-    strata = jnp.arange(mc_batch, dtype=jnp.float32) / mc_batch
     if kind == "elbo":
-        t = jnp.mod(jax.random.uniform(k_t) + strata, 1.0)
-        p = (1.0 - eps) * t + eps
+        p = masking.mask_probability(masking.sample_times(k_t, mc_batch, "antithetic"), eps)
         masks = jax.random.uniform(k_m, (mc_batch, is_target.shape[0])) < p[:, None]
         return masks & is_target[None], p
     if kind == "elbo_llada":
+        strata = jnp.arange(mc_batch, dtype=jnp.float32) / mc_batch
         n = jnp.maximum(is_target.sum(), 1).astype(jnp.float32)
         k0 = jnp.floor(jax.random.uniform(k_t) * n)
         k = jnp.mod(k0 + jnp.floor(strata * n + 0.5), n) + 1.0
@@ -132,9 +142,15 @@ def mc_elbo_losses(
     mean over rounds; rounds are independent, so their spread gives a standard error.
 
     Example:
-        >>> b = pack_targets(prompts, targets, max_length=64)
-        >>> keys = jax.random.split(jax.random.key(0), len(prompts))
+        >>> from dlm_jax.evaluation.batching import pack_targets
+        >>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                   intermediate_size=64, mask_token_id=63)
+        >>> params = decoder.init(jax.random.key(0), cfg)
+        >>> b = pack_targets([[1, 2, 3], [1]], [[4, 5], [6]], max_length=64)
+        >>> keys = jax.random.split(jax.random.key(0), 2)
         >>> losses = mc_elbo_losses(params, *b, keys, config=cfg, mc_num=8, mc_batch=4)
+        >>> losses.shape  # [requests, rounds]; -losses.mean(-1) estimates log p(target | prompt)
+        (2, 2)
     """
     n, length = tokens.shape
     rounds = mc_num // mc_batch
@@ -175,8 +191,16 @@ def chain_rule_log_probs(
     `log p(target | prompt)` is the row sum. Padded slots give 0 and True.
 
     Example:
-        >>> lp, greedy = chain_rule_log_probs(params, *pack_targets(p, t, max_length=64), config=cfg)
-        >>> loglik, exact = lp.sum(-1), greedy.all(-1)
+        >>> from dlm_jax.evaluation.batching import pack_targets
+        >>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                   intermediate_size=64, mask_token_id=63)
+        >>> params = decoder.init(jax.random.key(0), cfg)
+        >>> b = pack_targets([[1, 2, 3], [1]], [[4, 5], [6]], max_length=64)
+        >>> lp, greedy = chain_rule_log_probs(params, *b, config=cfg)
+        >>> lp.shape, lp[0, :3].round(2).tolist()  # target slots padded to 8; padded slots give 0
+        ((2, 8), [-4.25, -4.16, 0.0])
+        >>> lp.sum(-1).round(1).tolist(), greedy.all(-1).tolist()  # untrained: about -log(64) = -4.16 a token
+        ([-8.4, -4.1], [False, False])
     """
     mask_id = config.require_mask_token()
     slot = jnp.cumsum(is_target, axis=-1) - 1
@@ -213,7 +237,15 @@ def greedy_matches(
     still-masked position whose argmax is most confident, writing that argmax.
 
     Example:
-        >>> exact = greedy_matches(params, *pack_targets(p, t, max_length=64), config=cfg)
+        >>> from dlm_jax.evaluation.batching import pack_targets
+        >>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                   intermediate_size=64, mask_token_id=63)
+        >>> params = decoder.init(jax.random.key(0), cfg)
+        >>> masked = jnp.array([[1, 2, 3, 63]])  # the model's own guess for the slot after 1 2 3
+        >>> best = int(target_log_probs(params, masked, jnp.ones_like(masked), jnp.array([[3]]), config=cfg).argmax())
+        >>> b = pack_targets([[1, 2, 3], [1, 2, 3]], [[best], [(best + 1) % 63]], max_length=64)
+        >>> greedy_matches(params, *b, config=cfg).tolist()
+        [True, False]
     """
     mask_id = config.require_mask_token()
     canvas0 = jnp.where(is_target, mask_id, tokens)

@@ -8,7 +8,9 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
+from dlm_jax.data.encode import sft_texts
 from dlm_jax.data.jsonl import iter_jsonl
+from dlm_jax.data.training_record import TrainingRecord
 from dlm_jax.evaluation import scorers
 from dlm_jax.evaluation.estimator import Estimator
 from dlm_jax.evaluation.generation import generate_continuations
@@ -29,7 +31,11 @@ SUDOKU_HEADER = (
 
 @dataclasses.dataclass
 class EvalContext:
-    """Everything a task needs: the model, its tokenizer, and the recorded settings."""
+    """Everything a task needs: the model, its tokenizer, and the recorded settings.
+
+    `training`: what the model folder records of its training run; a task the model was trained on
+    takes its defaults from it (facts, canvas length, prompt layout). Explicit `options` win.
+    """
 
     model: Any
     tokenizer: Any
@@ -42,6 +48,11 @@ class EvalContext:
     data: pathlib.Path | None = None
     seed: int = 0
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    training: TrainingRecord | None = None
+
+    def trained_on(self, kind: str) -> dict[str, Any] | None:
+        """The recorded data section when the model was trained on the built-in task `kind`."""
+        return self.training.task(kind) if self.training is not None else None
 
 
 @dataclasses.dataclass
@@ -74,7 +85,10 @@ def _limit(rows: list, limit: int | None) -> list:
 
 
 def _generate(ctx: EvalContext, prompts: list[str], max_new: int, stops: tuple[str, ...]) -> list[str]:
-    ids = [ctx.tokenizer.encode(p) for p in prompts]
+    return _generate_ids(ctx, [ctx.tokenizer.encode(p) for p in prompts], max_new, stops)
+
+
+def _generate_ids(ctx: EvalContext, ids: list[list[int]], max_new: int, stops: tuple[str, ...]) -> list[str]:
     return generate_continuations(
         ctx.model,
         ctx.tokenizer,
@@ -85,6 +99,53 @@ def _generate(ctx: EvalContext, prompts: list[str], max_new: int, stops: tuple[s
         seed=ctx.seed,
         stops=stops,
     )
+
+
+def _prompt_layout(ctx: EvalContext, kind: str, name: str) -> str:
+    """`trained` (the model's own zero-shot SFT layout `INPUT\\n` -> OUTPUT, when its folder records training
+    on `kind` as input/output pairs) or `dream` (Dream's few-shot template); `--option prompt=` wins."""
+    trained = ctx.trained_on(kind)
+    pairs = trained is not None and trained.get("format") in ("text", "pairs")
+    layout = str(ctx.options.get("prompt", "trained" if pairs else "dream"))
+    if layout not in ("dream", "trained"):
+        raise ValueError(f"--option prompt={layout}: expected dream or trained")
+    if layout == "trained":
+        if not pairs:
+            raise ValueError(f"--option prompt=trained: the model folder records no training on {kind} input/output "
+                             "pairs (dlm_jax_training.json)")
+        if ctx.num_fewshot:
+            raise ValueError(f"--num-fewshot {ctx.num_fewshot}: task {name!r} uses the zero-shot layout this model was "
+                             f"trained on ({ctx.training.path}); use --num-fewshot 0 or --option prompt=dream")
+    return layout
+
+
+def _trained_prompts(ctx: EvalContext, rows: list[dict], name: str) -> tuple[list[list[int]], int]:
+    """Ids of each row's prompt in the training layout, and the new tokens that fill the training row."""
+    ids = [ctx.tokenizer.encode(sft_texts(r, "pairs", ctx.tokenizer, name)[0]) for r in rows]
+    canvas = ctx.training.seq_len - max(len(p) for p in ids)
+    if ctx.max_new_tokens is None and canvas < 1:
+        raise ValueError(f"task {name!r}: the prompts are {max(len(p) for p in ids)} tokens, as long as the training "
+                         f"rows (seq_len={ctx.training.seq_len}); nothing is left to generate")
+    return ids, canvas
+
+
+def _dream_prompts(header: str, fewshot: list[dict], rows: list[dict], shot: str, query: str) -> list[str]:
+    """Dream's few-shot prompts: the header, the solved examples (`shot`), then each row's `query`."""
+    template = header + "\n\n".join(shot.format(**r) for r in fewshot)
+    return [template + ("\n\n" if fewshot else "") + query.format(**r) for r in rows]
+
+
+def _check_context(ctx: EvalContext, name: str, ids: list[list[int]], max_new: int, shots: int) -> None:
+    """One clear error when Dream's template does not fit the model's context (e.g. a tiny trained model)."""
+    longest, new = max(len(p) for p in ids), ctx.max_new_tokens or max_new
+    limit = ctx.model.config.max_position_embeddings
+    if longest + new > limit:
+        advice = "use --num-fewshot 0" if shots else "the model's context is too short for this prompt"
+        raise ValueError(
+            f"task {name!r}: Dream's {shots}-shot prompt is {longest} tokens; with {new} new tokens it exceeds the "
+            f"model's context of {limit} (max_position_embeddings); {advice}, or evaluate a model trained on this "
+            "task (`dlm-jax train` records its prompt layout in the model folder)"
+        )
 
 
 def _accuracy_result(name_to_flags: dict[str, list[bool]], samples, n_original, config) -> TaskResult:
@@ -100,17 +161,43 @@ def _few_shot_split(rows: list[dict], shots: int, name: str) -> tuple[list[dict]
     return rows[:shots], rows[shots:]
 
 
-def countdown(operands: int) -> Callable[[EvalContext], TaskResult]:
-    def run(ctx: EvalContext) -> TaskResult:
-        path = ctx.data or DATA_DIR / f"cd{operands}_test.jsonl"
+@dataclasses.dataclass(frozen=True)
+class PlanningTask:
+    """One of Dream's planning tasks (Countdown, Sudoku): its pieces; calling it runs the one shared body.
+
+    The test set is `DATA_DIR/file` (or `--data`); prompts are Dream's few-shot template (`header`,
+    solved `shot` examples, the row's `query`, formatted with the row's fields) or, for a model
+    trained on `kind`, its own zero-shot layout; `clean` post-processes each generation (default:
+    unchanged) and `score` is Dream's metric `(input, prediction) -> correct`.
+    """
+
+    name: str
+    kind: str
+    file: str
+    header: str
+    shot: str
+    query: str
+    max_new: int
+    stop: str
+    score: Callable[[str, str], bool]
+    metric: str
+    clean: Callable[[str], str] = str
+
+    def __call__(self, ctx: EvalContext) -> TaskResult:
+        path = ctx.data or DATA_DIR / self.file
         rows = read_jsonl(path, ("input", "output"))
-        shots = 8 if ctx.num_fewshot is None else ctx.num_fewshot
-        fewshot, rows = _few_shot_split(rows, shots, f"countdown{operands}")
+        layout = _prompt_layout(ctx, self.kind, self.name)
+        shots = (8 if layout == "dream" else 0) if ctx.num_fewshot is None else ctx.num_fewshot
+        fewshot, rows = _few_shot_split(rows, shots, self.name)
         n_original, rows = len(rows), _limit(rows, ctx.limit)
-        template = CD_HEADERS[operands] + "\n\n".join(f"Input: {r['input']}\nOutput: {r['output']}" for r in fewshot)
-        prompts = [template + ("\n\n" if fewshot else "") + f"Input: {r['input']}\nOutput: " for r in rows]
-        preds = _generate(ctx, prompts, 32, ("\n",))
-        valid = [scorers.countdown_correct(r["input"], p.strip()) for r, p in zip(rows, preds, strict=True)]
+        if layout == "trained":
+            ids, max_new = _trained_prompts(ctx, rows, self.name)
+        else:
+            prompts = _dream_prompts(self.header, fewshot, rows, self.shot, self.query)
+            ids, max_new = [ctx.tokenizer.encode(p) for p in prompts], self.max_new
+            _check_context(ctx, self.name, ids, max_new, shots)
+        preds = [self.clean(p) for p in _generate_ids(ctx, ids, max_new, (self.stop,))]
+        valid = [self.score(r["input"], p) for r, p in zip(rows, preds, strict=True)]
         exact = [p.strip() == r["output"] for r, p in zip(rows, preds, strict=True)]
         samples = [
             {"input": r["input"], "gold": r["output"], "prediction": p, "acc": v}
@@ -120,36 +207,34 @@ def countdown(operands: int) -> Callable[[EvalContext], TaskResult]:
             {"acc": valid, "exact_match": exact},
             samples,
             n_original,
-            {"dataset_path": str(path), "num_fewshot": shots, "metric": "Dream cd_metric"},
+            {"dataset_path": str(path), "num_fewshot": shots, "prompt": layout, "metric": self.metric},
         )
 
-    return run
+
+def _countdown_score(problem: str, prediction: str) -> bool:
+    return scorers.countdown_correct(problem, prediction.strip())
 
 
-def sudoku(given: int) -> Callable[[EvalContext], TaskResult]:
-    def run(ctx: EvalContext) -> TaskResult:
-        path = ctx.data or DATA_DIR / f"sudoku_4x4_{given}.jsonl"
-        rows = read_jsonl(path, ("input", "output"))
-        shots = 8 if ctx.num_fewshot is None else ctx.num_fewshot
-        fewshot, rows = _few_shot_split(rows, shots, f"sudoku_4x4_{given}")
-        n_original, rows = len(rows), _limit(rows, ctx.limit)
-        template = SUDOKU_HEADER + "\n\n".join(f"Input:\n{r['input']}\nOutput:\n{r['output']}" for r in fewshot)
-        prompts = [template + ("\n\n" if fewshot else "") + f"Input:\n{r['input']}\nOutput:\n " for r in rows]
-        preds = [p.replace(" ", "") for p in _generate(ctx, prompts, 24, ("\n\n",))]
-        valid = [scorers.sudoku_valid(r["input"], p) for r, p in zip(rows, preds, strict=True)]
-        exact = [p.strip() == r["output"] for r, p in zip(rows, preds, strict=True)]
-        samples = [
-            {"input": r["input"], "gold": r["output"], "prediction": p, "acc": v}
-            for r, p, v in zip(rows, preds, valid, strict=True)
-        ]
-        return _accuracy_result(
-            {"acc": valid, "exact_match": exact},
-            samples,
-            n_original,
-            {"dataset_path": str(path), "num_fewshot": shots, "metric": "Dream sudoku_metric"},
-        )
+def _without_spaces(prediction: str) -> str:
+    return prediction.replace(" ", "")
 
-    return run
+
+def countdown(operands: int) -> PlanningTask:
+    """Dream's Countdown with `operands` numbers (cd3/cd4/cd5 test sets), scored by Dream's `cd_metric`."""
+    return PlanningTask(
+        name=f"countdown{operands}", kind="countdown", file=f"cd{operands}_test.jsonl", header=CD_HEADERS[operands],
+        shot="Input: {input}\nOutput: {output}", query="Input: {input}\nOutput: ", max_new=32, stop="\n",
+        score=_countdown_score, metric="Dream cd_metric",
+    )
+
+
+def sudoku(given: int) -> PlanningTask:
+    """Dream's 4x4 Sudoku with `given` filled cells, scored by Dream's `sudoku_metric` (spaces dropped first)."""
+    return PlanningTask(
+        name=f"sudoku_4x4_{given}", kind="sudoku", file=f"sudoku_4x4_{given}.jsonl", header=SUDOKU_HEADER,
+        shot="Input:\n{input}\nOutput:\n{output}", query="Input:\n{input}\nOutput:\n ", max_new=24, stop="\n\n",
+        score=scorers.sudoku_valid, metric="Dream sudoku_metric", clean=_without_spaces,
+    )
 
 
 def gsm8k(ctx: EvalContext) -> TaskResult:
@@ -181,8 +266,20 @@ def gsm8k(ctx: EvalContext) -> TaskResult:
     )
 
 
+# The reverse-curse task's sampler settings where the user sets none (`TASK_SAMPLERS`): greedy LLaDA
+# low-confidence remasking in one block (SMDM's evaluation, and what `dlm-jax demo` reports).
+REVERSE_CURSE_SAMPLER = {"alg": "low_confidence", "temperature": 0.0}
+
+
 def reverse_curse(ctx: EvalContext) -> TaskResult:
-    """Forward (`NAME is` -> description) and reverse (`DESCRIPTION is` -> name) recall by generation."""
+    """Forward (`NAME is` -> description) and reverse (`DESCRIPTION is` -> name) recall by generation.
+
+    Facts: `--data` (fields name, description), else `reverse_curse_facts(num_facts, facts_seed)`:
+    by default the facts the model was trained on when its folder records a reverse-curse run
+    (else 64 facts, seed 0). The generated canvas fills the training row (`seq_len` minus the
+    prompt) for such a model, else it is as long as the longest answer.
+    """
+    trained = ctx.trained_on("reverse_curse")
     if ctx.data is not None:
         rows = read_jsonl(ctx.data, ("name", "description"))
         facts = [(r["name"], r["description"]) for r in rows]
@@ -190,7 +287,9 @@ def reverse_curse(ctx: EvalContext) -> TaskResult:
     else:
         from dlm_jax.data.tasks import reverse_curse_facts
 
-        num, seed = int(ctx.options.get("num_facts", 64)), int(ctx.options.get("facts_seed", 0))
+        num = trained["options"].get("num_facts", 64) if trained else 64
+        seed = trained["task_seed"] if trained else 0
+        num, seed = int(ctx.options.get("num_facts", num)), int(ctx.options.get("facts_seed", seed))
         facts = [(f.name, f.description) for f in reverse_curse_facts(num, seed=seed)]
         source = f"dlm_jax.data.tasks.reverse_curse_facts(num_facts={num}, seed={seed})"
     n_original, facts = len(facts), _limit(facts, ctx.limit)
@@ -199,14 +298,20 @@ def reverse_curse(ctx: EvalContext) -> TaskResult:
         ("forward", [(f"{n} is", f"{d} .") for n, d in facts]),
         ("reverse", [(f"{d} is", f"{n} .") for n, d in facts]),
     ):
+        ids = [ctx.tokenizer.encode(p) for p, _ in pairs]
         longest = max(len(ctx.tokenizer.encode(answer)) for _, answer in pairs)
-        preds = _generate(ctx, [p for p, _ in pairs], longest, ())
+        if trained:
+            longest = max(longest, ctx.training.seq_len - max(len(p) for p in ids))
+        preds = _generate_ids(ctx, ids, longest, ())
         flags[f"{direction}_acc"] = [scorers.answer_matches(a, p) for (_, a), p in zip(pairs, preds, strict=True)]
         samples += [
             {"direction": direction, "prompt": q, "gold": a, "prediction": p, "acc": ok}
             for (q, a), p, ok in zip(pairs, preds, flags[f"{direction}_acc"], strict=True)
         ]
-    return _accuracy_result(flags, samples, n_original, {"dataset_path": source, "num_fewshot": 0})
+    config = {"dataset_path": source, "num_fewshot": 0}
+    if trained:
+        config["task_settings"] = str(ctx.training.path)
+    return _accuracy_result(flags, samples, n_original, config)
 
 
 def perplexity(ctx: EvalContext) -> TaskResult:
@@ -214,6 +319,8 @@ def perplexity(ctx: EvalContext) -> TaskResult:
 
     `--data`: a JSONL file with a `text` field, or a plain-text file (one document per line).
     Each window of `seq_len` tokens conditions on its first token (a BOS if the model has one).
+    `seq_len` defaults to the training row length of a model trained by `dlm-jax train` (its
+    folder's record), else to the context (at most 1024).
     """
     if ctx.data is None:
         raise ValueError("task 'perplexity' needs --data <file.jsonl (field 'text') or file.txt>")
@@ -223,7 +330,8 @@ def perplexity(ctx: EvalContext) -> TaskResult:
         texts = [t for t in pathlib.Path(ctx.data).read_text().splitlines() if t.strip()]
     n_original, texts = len(texts), _limit(texts, ctx.limit)
     cfg = ctx.model.config
-    seq_len = int(ctx.options.get("seq_len", min(cfg.max_position_embeddings, 1024)))
+    default = ctx.training.seq_len if ctx.training is not None else min(cfg.max_position_embeddings, 1024)
+    seq_len = int(ctx.options.get("seq_len", default))
     if seq_len < 2:
         raise ValueError(f"seq_len={seq_len} must be >= 2")
     prompts, targets = [], []
@@ -270,6 +378,8 @@ TASKS: dict[str, Callable[[EvalContext], TaskResult]] = {
     "perplexity": perplexity,
 }
 OUTPUT_TYPES = {"perplexity": "loglikelihood_rolling"}
+# Sampler settings a task uses where the user sets none (explicit flags win).
+TASK_SAMPLERS = {"reverse_curse": REVERSE_CURSE_SAMPLER}
 
 
 def resolve_tasks(names: list[str]) -> list[str]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import pathlib
 from typing import Any, Literal
 
 import yaml
 
-PRESET_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs" / "models"
+from dlm_jax import presets
 
 Family = Literal["dream", "llama", "gpt2", "smdm"]
 AttentionMode = Literal["bidirectional", "causal"]
@@ -93,6 +94,8 @@ class ModelConfig:
     remat: bool = False
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _checked(f.name, getattr(self, f.name), f.type))
         for key, allowed in _CHOICES.items():
             value = getattr(self, key)
             if value not in allowed:
@@ -124,10 +127,6 @@ class ModelConfig:
                 )
 
     # ---- derived quantities -------------------------------------------------
-    @property
-    def num_query_groups(self) -> int:
-        return self.num_heads // self.num_kv_heads
-
     def non_embedding_params(self) -> int:
         """Parameters outside the token/position embeddings and the output head."""
         d, hd = self.hidden_size, self.head_dim
@@ -176,9 +175,16 @@ class ModelConfig:
     def from_yaml(cls, path: str | pathlib.Path) -> ModelConfig:
         path = pathlib.Path(path)
         with path.open() as f:
-            data = yaml.safe_load(f)
+            try:
+                data = yaml.safe_load(f)
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+                raise ValueError(f"{where}: invalid YAML ({getattr(e, 'problem', None) or e})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of ModelConfig fields, got {type(data).__name__}")
+        floats = {f.name for f in dataclasses.fields(cls) if f.type.startswith("float")}
+        data = {k: _yaml_float(v) if k in floats else v for k, v in data.items()}
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as e:
@@ -186,17 +192,111 @@ class ModelConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
-        """Load `configs/models/<name>.yaml` (the repo's presets) and apply overrides."""
+        """Load the shipped preset `configs/models/<name>.yaml` (packaged with the wheel) and apply overrides."""
         path = preset_path(name)
         return cls.from_yaml(path).replace(**overrides)
 
 
+_EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _checked(name: str, value: Any, kind: str) -> Any:
+    """`value` as the field's declared type (`int`, `float`, `bool`, `str`, optionally `| None`), or a named error."""
+    base, optional = kind.split("|")[0].strip(), "None" in kind
+    if value is None and optional:
+        return value
+    if base == "bool" and isinstance(value, bool):
+        return value
+    if base == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if base == "float" and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    if base == "str" and isinstance(value, str):
+        return value
+    expected = _EXPECTED[base] + (" or null" if optional else "")
+    raise ValueError(f"ModelConfig.{name}={value!r} must be {expected}, got {type(value).__name__}")
+
+
+def _yaml_float(value: Any) -> Any:
+    """YAML 1.1 reads `1e-5` (no dot) as a string; read such a float field as the number it spells."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _parse_text(flag: str, key: str, raw: str, kind: str) -> Any:
+    """A `--set KEY=VALUE` value typed by the field's declared type."""
+    text = raw.strip()
+    base, optional = kind.split("|")[0].strip(), "None" in kind
+    if optional and text.lower() in ("none", "null"):
+        return None
+    try:
+        if base == "int":
+            return int(text)
+        if base == "float":
+            return float(text)
+    except ValueError:
+        pass
+    if base == "bool" and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if base == "str" and text:
+        return text
+    expected = _EXPECTED[base] + (" or none" if optional else "")
+    raise ValueError(f"{flag} {key}={raw}: {key} must be {expected}")
+
+
+def split_pairs(pairs: list[str], flag: str) -> list[tuple[str, str]]:
+    """`["a=1", "b = x"]` -> `[("a", "1"), ("b", " x")]`; a pair without `=` is a one-line error naming `flag`."""
+    out = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} {pair!r}: expected KEY=VALUE")
+        out.append((key.strip(), raw))
+    return out
+
+
+def parse_overrides(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
+    """Runtime ModelConfig overrides from `KEY=VALUE` strings, each typed by its ModelConfig field.
+
+    Only runtime fields (`RUNTIME_FIELDS`) are accepted: the others would change a checkpoint's shapes.
+
+    Example:
+        >>> parse_overrides(["mask_token_id=811", "logit_shift=false", "eos_token_id=none"])
+        {'mask_token_id': 811, 'logit_shift': False, 'eos_token_id': None}
+    """
+    kinds = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+    out = {}
+    for key, raw in split_pairs(pairs, flag):
+        if key not in RUNTIME_FIELDS:
+            what = "changes the checkpoint's shapes" if key in kinds else "is not a ModelConfig field"
+            raise ValueError(f"{flag} {key}: {key} {what}; runtime fields: {', '.join(sorted(RUNTIME_FIELDS))}")
+        out[key] = _parse_text(flag, key, raw, kinds[key])
+    return out
+
+
+def parse_options(pairs: list[str], flag: str) -> dict[str, Any]:
+    """Free-form `KEY=VALUE` options (e.g. task options) with YAML-typed values: `["n=8"]` -> `{"n": 8}`."""
+    out = {}
+    for key, raw in split_pairs(pairs, flag):
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ValueError(f"{flag} {key}={raw}: not a valid value") from None
+    return out
+
+
 def available_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    """Names of the shipped model presets (`configs/models/*.yaml`)."""
+    return presets.available("models")
 
 
 def preset_path(name: str) -> pathlib.Path:
-    candidate = PRESET_DIR / f"{name}.yaml"
-    if candidate.is_file():
-        return candidate
-    raise ValueError(f"unknown model preset {name!r}; available: {', '.join(available_presets())}")
+    """The YAML file of a shipped model preset; ValueError naming the available ones if there is none."""
+    path = presets.shipped("models", name)
+    if path is None:
+        raise ValueError(f"unknown model preset {name!r}; available: {', '.join(available_presets())}")
+    return path

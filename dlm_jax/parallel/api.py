@@ -41,7 +41,15 @@ def sharded_jit(
     (595 MB of temporaries per device instead of 151 MB, `dlm-jax plan`'s numbers).
 
     Example:
-        >>> f = sharded_jit(lambda p, x: decoder.apply(p, x, config=cfg), mesh, rules, (p_sh, x_sh))
+        >>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                   intermediate_size=64, mask_token_id=63)
+        >>> part = Partitioner.create(MeshConfig(data=2, fsdp=2, tensor=2))  # 8 devices
+        >>> p_sh = part.param_shardings(jax.eval_shape(lambda: decoder.init(jax.random.key(0), cfg)), cfg)
+        >>> x_sh = NamedSharding(part.mesh, PartitionSpec(("data", "fsdp")))
+        >>> f = sharded_jit(lambda p, x: decoder.apply(p, x, config=cfg), part.mesh, part.rules, (p_sh, x_sh))
+        >>> logits = f(put_global(decoder.init(jax.random.key(0), cfg), p_sh), np.ones((4, 8), np.int32))
+        >>> logits.shape, tuple(logits.sharding.spec)
+        ((4, 8, 64), (('data', 'fsdp'), None, 'tensor'))
     """
 
     def traced(*args):
@@ -65,8 +73,14 @@ class Partitioner:
     """A mesh plus the logical-axis rules: the one object the trainer, sampler and planner share.
 
     Example:
-        >>> part = Partitioner.create(MeshConfig(data=2, fsdp=2, tensor=2))
-        >>> p_sh = part.param_shardings(jax.eval_shape(decoder.init, key, cfg), cfg)
+        >>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                   intermediate_size=64, mask_token_id=63)
+        >>> part = Partitioner.create(MeshConfig(data=2, fsdp=2, tensor=2))  # 8 devices
+        >>> p_sh = part.param_shardings(jax.eval_shape(lambda: decoder.init(jax.random.key(0), cfg)), cfg)
+        >>> tuple(p_sh["layers"]["attn"]["q"]["kernel"].spec)  # [layers, embed, heads, head_dim]
+        (None, 'fsdp', 'tensor', None)
+        >>> tuple(part.batch_shardings({"input_ids": np.zeros((8, 16), np.int32)})["input_ids"].spec)
+        (('data', 'fsdp'), None)
     """
 
     mesh: Mesh
@@ -116,10 +130,14 @@ def shard_batch(local_batch: PyTree, shardings: PyTree, global_batch_size: int |
     """Global arrays from this process's rows of the batch (`jax.make_array_from_process_local_data`).
 
     With one process `local_batch` is the whole batch. With several, each process passes the rows
-    `process_batch_rows` assigns it (the data loader shards by `data_shard_options`).
+    `process_batch_rows` assigns it (the data loader reads the shard `distributed.data_shard` names).
 
     Example:
-        >>> batch = shard_batch({"input_ids": ids}, sharded.batch_shardings)
+        >>> part = Partitioner.create(MeshConfig(data=2, fsdp=2, tensor=2))  # 8 devices
+        >>> local = {"input_ids": np.zeros((8, 16), np.int32)}
+        >>> batch = shard_batch(local, part.batch_shardings(local))
+        >>> batch["input_ids"].shape, batch["input_ids"].addressable_shards[0].data.shape  # 2 rows a device
+        ((8, 16), (2, 16))
     """
 
     def one(x, sharding):
@@ -170,11 +188,25 @@ def shard_train_step(
     replicated). `abstract_params` defaults to `abstract_state.params`. Metrics come back replicated.
 
     Example:
-        >>> part = Partitioner.create(MeshConfig(fsdp=-1))
-        >>> abstract = jax.eval_shape(make_state, key)
-        >>> sharded = shard_train_step(step_fn, abstract, {"input_ids": ids_spec}, cfg, part)
-        >>> state = sharded.init_state(make_state, key)
-        >>> state, metrics = sharded(state, sharded.shard_batch({"input_ids": ids}))
+        >>> from dlm_jax.training.config import TrainConfig
+        >>> from dlm_jax.training.optimizer import make_optimizer
+        >>> from dlm_jax.training.state import create_train_state
+        >>> from dlm_jax.training.step import make_train_step
+        >>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                   intermediate_size=64, mask_token_id=63)
+        >>> tc = TrainConfig(batch_size=8, seq_len=16)
+        >>> def make_state(key):
+        ...     return create_train_state(decoder.init(key, cfg), make_optimizer(tc), key)
+        >>> part = Partitioner.create(MeshConfig(fsdp=-1))  # fsdp over all 8 devices
+        >>> abstract = jax.eval_shape(make_state, jax.random.key(0))
+        >>> local = {"input_ids": np.zeros((8, 16), np.int32)}
+        >>> sharded = shard_train_step(make_train_step(cfg, tc), abstract, local, cfg, part)
+        >>> state = sharded.init_state(make_state, jax.random.key(0))  # born sharded
+        >>> tuple(state.params["layers"]["mlp"]["up"]["kernel"].sharding.spec)
+        (None, 'fsdp', 'tensor')
+        >>> state, metrics = sharded(state, sharded.shard_batch(local))
+        >>> int(state.step), metrics["loss"].sharding.is_fully_replicated
+        (1, True)
     """
     if abstract_params is None:
         abstract_params = abstract_state.params
@@ -203,8 +235,18 @@ def shard_eval_step(
     Returns (fn, param_shardings, batch_shardings).
 
     Example:
-        >>> ev, p_sh, b_sh = shard_eval_step(make_eval_step(cfg, tc), params, batch, cfg, part, num_replicated_args=1)
-        >>> ev(params, batch, jax.random.key(0))["val_elbo"]
+        >>> from dlm_jax.training.config import TrainConfig
+        >>> from dlm_jax.training.step import make_eval_step
+        >>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                   intermediate_size=64, mask_token_id=63)
+        >>> part = Partitioner.create(MeshConfig(fsdp=-1))  # fsdp over all 8 devices
+        >>> params = decoder.init(jax.random.key(0), cfg)
+        >>> batch = {"input_ids": np.zeros((8, 16), np.int32)}
+        >>> ev, p_sh, b_sh = shard_eval_step(make_eval_step(cfg, TrainConfig()), params, batch, cfg, part,
+        ...                                  num_replicated_args=1)
+        >>> metrics = ev(put_global(params, p_sh), shard_batch(batch, b_sh), jax.random.key(0))
+        >>> metrics["val_elbo"].shape, metrics["val_elbo"].sharding.is_fully_replicated
+        ((), True)
     """
     p_sh = partitioner.param_shardings(abstract_params, model_config)
     b_sh = partitioner.batch_shardings(abstract_batch)
@@ -225,18 +267,22 @@ def shard_sampler(
     every process can read the tokens. Returns (fn, param_shardings, input_shardings).
 
     Example:
-        >>> fn, p_sh, in_sh = shard_sampler(lambda p, x, r: generate(p, cfg, x["input_ids"], ...), ...)
+        >>> from dlm_jax.sampling.config import GenerateConfig
+        >>> from dlm_jax.sampling.loop import generate
+        >>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                   intermediate_size=64, mask_token_id=63)
+        >>> gen = GenerateConfig(max_new_tokens=4, steps=4, alg="entropy")
+        >>> def sample(params, inputs, rng):
+        ...     return generate(params, cfg, inputs["input_ids"], inputs["attention_mask"], gen, rng).sequences
+        >>> params = decoder.init(jax.random.key(0), cfg)
+        >>> inputs = {"input_ids": np.ones((8, 4), np.int32), "attention_mask": np.ones((8, 4), np.int32)}
+        >>> part = Partitioner.create(MeshConfig(fsdp=-1))
+        >>> fn, p_sh, in_sh = shard_sampler(sample, params, inputs, cfg, part)
+        >>> tokens = fn(put_global(params, p_sh), shard_batch(inputs, in_sh), jax.random.key(0))
+        >>> tokens.shape, tokens.sharding.is_fully_replicated  # prompt + 4 new tokens, readable everywhere
+        ((8, 8), True)
     """
     p_sh = partitioner.param_shardings(abstract_params, model_config)
     in_sh = partitioner.batch_shardings(abstract_inputs)
     fn = partitioner.jit(sample_fn, (p_sh, in_sh, partitioner.replicated), partitioner.replicated)
     return fn, p_sh, in_sh
-
-
-def partitioner_for(mesh_config: MeshConfig | dict | str | None) -> Partitioner:
-    """Build a `Partitioner` from a MeshConfig, a dict (YAML `mesh:` block) or the CLI string form."""
-    if isinstance(mesh_config, str):
-        mesh_config = MeshConfig.parse(mesh_config)
-    elif isinstance(mesh_config, dict):
-        mesh_config = MeshConfig.from_dict(mesh_config)
-    return Partitioner.create(mesh_config)

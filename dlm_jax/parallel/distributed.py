@@ -149,7 +149,11 @@ def initialize(spec: DistributedSpec) -> DistributedSpec:
     On CPU-only jobs (JAX_PLATFORMS=cpu) cross-process collectives go through gloo.
 
     Example:
-        >>> initialize(resolve())        # in every process, first thing
+        >>> initialize(resolve(env={}))  # a single process: nothing to join
+        DistributedSpec(mode='none', coordinator_address=None, num_processes=None, process_id=None,
+                        local_device_ids=None, coordinator_port=None)
+
+        In a multi-process job every process calls `initialize(resolve())` first thing.
     """
     if spec.mode == "none":
         return spec
@@ -199,7 +203,11 @@ def process_batch_rows(sharding: Any, global_batch: int, ndim: int = 2) -> tuple
     rows are not one contiguous block (a mesh whose device order interleaves processes).
 
     Example:
-        >>> start, stop = process_batch_rows(step.batch_shardings["input_ids"], 64)
+        >>> from jax.sharding import NamedSharding, PartitionSpec
+        >>> from dlm_jax.parallel.mesh import MeshConfig, make_mesh
+        >>> sharding = NamedSharding(make_mesh(MeshConfig(fsdp=-1)), PartitionSpec("fsdp"))
+        >>> process_batch_rows(sharding, 64)  # a single process holds every row
+        (0, 64)
     """
     shape = (global_batch,) + (1,) * (ndim - 1)
     rows = set()
@@ -212,13 +220,16 @@ def process_batch_rows(sharding: Any, global_batch: int, ndim: int = 2) -> tuple
 
 
 def data_shard(sharding: Any, global_batch: int) -> tuple[int, int]:
-    """(shard_index, shard_count) for the data loader (grain `ShardOptions`): which slice this process reads.
+    """(shard_index, shard_count): the slice of the data this process reads (`data.pipeline.make_dataset(shard=...)`).
 
     Processes whose devices hold the same rows (batch replicated across them) read the same shard.
 
     Example:
-        >>> index, count = data_shard(step.batch_shardings["input_ids"], 64)
-        >>> grain.ShardOptions(shard_index=index, shard_count=count, drop_remainder=True)
+        >>> from jax.sharding import NamedSharding, PartitionSpec
+        >>> from dlm_jax.parallel.mesh import MeshConfig, make_mesh
+        >>> sharding = NamedSharding(make_mesh(MeshConfig(fsdp=-1)), PartitionSpec("fsdp"))
+        >>> data_shard(sharding, 64)  # a single process reads the one shard
+        (0, 1)
     """
     start, stop = process_batch_rows(sharding, global_batch)
     rows = stop - start

@@ -76,8 +76,8 @@ def logical_to_mesh_spec(logical: PartitionSpec | tuple | None, rules: Rules) ->
     """Translate one spec of logical names into mesh axes with flax's priority semantics.
 
     Example:
-        >>> logical_to_mesh_spec(PartitionSpec("embed", "mlp"), DEFAULT_RULES)
-        PartitionSpec('fsdp', 'tensor')
+        >>> tuple(logical_to_mesh_spec(PartitionSpec("embed", "mlp"), DEFAULT_RULES))
+        ('fsdp', 'tensor')
     """
     if logical is None:
         return PartitionSpec()

@@ -47,7 +47,23 @@ def param_shardings(abstract_params: PyTree, logical_tree: PyTree, mesh: Mesh, r
     """`NamedSharding`s for params, after checking every sharded dim divides its mesh axes.
 
     Example:
-        >>> shardings = param_shardings(jax.eval_shape(lambda: params), decoder.logical_axes(cfg), mesh, rules)
+        >>> from dlm_jax.models import decoder
+        >>> from dlm_jax.models.config import ModelConfig
+        >>> from dlm_jax.parallel.mesh import MeshConfig, make_mesh
+        >>> from dlm_jax.parallel.rules import DEFAULT_RULES
+        >>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                   intermediate_size=64, mask_token_id=63)
+        >>> abstract = jax.eval_shape(lambda: decoder.init(jax.random.key(0), cfg))
+        >>> mesh = make_mesh(MeshConfig(fsdp=-1))  # fsdp over all 8 devices
+        >>> shardings = param_shardings(abstract, decoder.logical_axes(cfg), mesh, DEFAULT_RULES)
+        >>> tuple(shardings["embed"]["embedding"].spec)  # [vocab, embed]
+        ('tensor', 'fsdp')
+        >>> odd = ModelConfig(vocab_size=64, hidden_size=36, num_layers=2, num_heads=2,
+        ...                   intermediate_size=64, mask_token_id=63)
+        >>> param_shardings(jax.eval_shape(lambda: decoder.init(jax.random.key(0), odd)),
+        ...                 decoder.logical_axes(odd), mesh, DEFAULT_RULES)
+        Traceback (most recent call last):
+        ValueError: param embed/embedding (64, 36): dimension 1 (logical 'embed') of size 36 is not divisible by ...
     """
     specs = param_specs(logical_tree, rules)
     flat_logical = dict(jax.tree_util.tree_flatten_with_path(logical_tree, is_leaf=_is_spec)[0])
@@ -86,7 +102,15 @@ def shardings_like_params(tree: PyTree, abstract_params: PyTree, param_shardings
     counters, PRNG keys, scalars) is replicated.
 
     Example:
-        >>> opt_shardings = shardings_like_params(jax.eval_shape(opt.init, params), params, p_shardings, mesh)
+        >>> import optax
+        >>> from dlm_jax.parallel.mesh import MeshConfig, make_mesh
+        >>> mesh = make_mesh(MeshConfig(fsdp=-1))  # fsdp over all 8 devices
+        >>> params = {"w": jax.ShapeDtypeStruct((16, 4), np.float32)}
+        >>> p_shardings = {"w": NamedSharding(mesh, PartitionSpec("fsdp"))}
+        >>> opt_state = jax.eval_shape(optax.adam(1e-3).init, params)
+        >>> sh = shardings_like_params(opt_state, params, p_shardings, mesh)
+        >>> tuple(sh[0].mu["w"].spec), tuple(sh[0].count.spec)  # Adam's moments like "w"; its count replicated
+        (('fsdp',), ())
     """
     by_path = {}
     for (path, leaf), (_, sharding) in zip(

@@ -1,18 +1,110 @@
-"""`GenerateConfig`: the frozen, validated set of sampler knobs (static under jit)."""
+"""`GenerateConfig`: the frozen, validated set of sampler knobs (static under jit), and the one table of them.
+
+Each field carries its help text, its parser (text or value -> value) and how its default reads in field
+metadata; `KNOBS` is built from them. The `generate`, `chat` and `eval` flags, the lm-eval `model_args`
+and the `effective_sampler` record of results are all generated from `KNOBS`, so a knob is added here
+once and every front end has it, with the same default.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any
 
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 LLADA_ALGS = ("low_confidence", "random")
 ALGS = DREAM_ALGS + LLADA_ALGS + ("diffullama",)
+DREAM_DEFAULT_TOP_K = 50  # what Dream's diffusion_generate applies when top_k is not passed (see resolve_top_k)
 
 # (step, x, logits) -> x  /  (step, x, logits) -> logits; step is None for the call before the loop.
 TokenHook = Callable[[Any, Any, Any], Any]
 LogitsHook = Callable[[Any, Any, Any], Any]
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+UNSET: Any = _Unset()  # a knob a front end was not given (resolved per call; see `Knob.default`)
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer")
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueError("expected an integer") from None
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number") from None
+
+
+def _is_none(value: Any) -> bool:
+    return value is None or str(value).strip().lower() == "none"
+
+
+def _optional(cast: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        return None if _is_none(value) else cast(value)
+
+    return parse
+
+
+def parse_bool(value: Any) -> bool:
+    """true/false, 1/0, yes/no (any case), or a bool."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def parse_top_k(value: Any) -> int | None:
+    """none (or 0): no top-k filter; else an integer >= 1."""
+    if _is_none(value):
+        return None
+    try:
+        k = _as_int(value)
+    except ValueError:
+        k = -1
+    if k < 0:
+        raise ValueError("expected an integer >= 1, or none (no top-k filter)")
+    return k or None
+
+
+def _parse_alg(value: Any) -> str:
+    if str(value) not in ALGS:
+        raise ValueError(f"expected one of {', '.join(ALGS)}")
+    return str(value)
+
+
+def parse_ids(value: Any) -> tuple[int, ...]:
+    """Token ids: a list, or text separated by commas, semicolons or spaces ("5,6" or "5;6")."""
+    items = value if isinstance(value, list | tuple) else [t for t in re.split(r"[,;\s]+", str(value)) if t]
+    try:
+        return tuple(_as_int(t) for t in items)
+    except ValueError:
+        raise ValueError("expected token ids like 5,6 (or 5;6 in model_args)") from None
+
+
+def knob(default: Any, help: str, parse: Callable[[Any], Any] | None, shown: str | None = None, **extra: Any) -> Any:
+    """A `GenerateConfig` field: `help` for users, `parse` (text or value -> value; None = settable from Python
+    only), `shown` (how the default reads where it is resolved per call); `extra` may hold `user_default`."""
+    metadata = {"help": help, "parse": parse, "shown": shown, **extra}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,33 +124,90 @@ class GenerateConfig:
     from each row's own masks instead of the batch mean), `token_hook` / `logits_hook`
     (pure callables `(step, x, logits)`; Dream's `generation_tokens_hook_func` / `..._logits_hook_func`).
 
+    `steps` left out is `max_new_tokens`; `max_new_tokens` left out is 0 for `diffullama` (the canvas is
+    the input) and required otherwise. Two knobs are resolved per call by the front ends (keywords of
+    `DiffusionLM.diffusion_generate`, CLI flags, lm-eval model_args), never here: `alg` left unset there
+    is `low_confidence` when `block_length` is given, else `origin`; `top_k` left unset there is
+    Dream's effective 50 for Dream's algs (see `resolve_top_k`). A config built directly is the pure
+    core's input and takes the field defaults as written (`top_k=None`: no filter).
+
+    Python-only fields (no CLI flag, no model_arg): `output_history` (a return value, not a sampling
+    choice; `chat --live` sets it), `token_hook`, `logits_hook`.
+
     Example:
-        >>> GenerateConfig(max_new_tokens=64, steps=64, alg="entropy").transfer_mode
+        >>> GenerateConfig(max_new_tokens=64, alg="entropy").transfer_mode
         'dream'
+        >>> GenerateConfig(max_new_tokens=64, alg="entropy").steps
+        64
     """
 
-    max_new_tokens: int
-    steps: int
-    alg: str = "origin"
-    temperature: float = 0.0
-    top_p: float | None = None
-    top_k: int | None = None
-    alg_temp: float | None = None
-    eps: float = 1e-3
-    block_length: int | None = None
-    cfg_scale: float = 0.0
-    logits_temp: float = 1.0
-    output_history: bool = False
-    forbid_mask_token: bool = False
-    vocab_limit: int | None = None
-    suppress_tokens: tuple[int, ...] = ()
-    per_row_count: bool = False
-    token_hook: TokenHook | None = None
-    logits_hook: LogitsHook | None = None
+    max_new_tokens: int | None = knob(
+        None,
+        "new tokens to generate (masked positions after the prompt)",
+        _as_int,
+        "required (0 for diffullama, whose canvas is the input)",
+    )
+    steps: int | None = knob(None, "denoising steps (forward passes)", _as_int, "max-new-tokens")
+    alg: str = knob(
+        "origin",
+        f"unmasking algorithm: {' | '.join(ALGS)}",
+        _parse_alg,
+        "low_confidence when block-length is given, else origin",
+        user_default=None,
+    )
+    temperature: float = knob(0.0, "sampling temperature (0 = greedy)", _as_float)
+    top_p: float | None = knob(None, "nucleus filter: keep the likeliest tokens up to this total probability",
+                               _optional(_as_float), "none (no filter)")
+    top_k: int | None = knob(
+        None,
+        "keep the K likeliest tokens; none (or 0): no filter",
+        parse_top_k,
+        f"{DREAM_DEFAULT_TOP_K} for Dream's algs (Dream's effective default), no filter otherwise",
+        user_default=UNSET,
+    )
+    alg_temp: float | None = knob(None, "Dream: sample positions from softmax(confidence / alg-temp)",
+                                  _optional(_as_float), "none (the most confident positions)")
+    eps: float = knob(1e-3, "Dream: the last time of the schedule (timesteps = linspace(1, eps, steps + 1))",
+                      _as_float)
+    block_length: int | None = knob(None, "LLaDA: semi-autoregressive block length", _optional(_as_int),
+                                    "max-new-tokens (one block)")
+    cfg_scale: float = knob(0.0, "classifier-free guidance weight (0 = none)", _as_float)
+    logits_temp: float = knob(1.0, "DiffuLLaMA: divide the logits by this first", _as_float)
+    output_history: bool = knob(False, "also return the canvas after every step", None)
+    forbid_mask_token: bool = knob(False, "never predict the mask id", parse_bool)
+    vocab_limit: int | None = knob(None, "never predict ids >= this", _optional(_as_int), "none (no limit)")
+    suppress_tokens: tuple[int, ...] = knob((), "token ids never predicted (e.g. 5,6)", parse_ids, "none")
+    per_row_count: bool = knob(False, "Dream: reveal each row's own count of masks per step, not the batch mean",
+                               parse_bool)
+    token_hook: TokenHook | None = knob(None, "(step, x, logits) -> x after each step", None)
+    logits_hook: LogitsHook | None = knob(None, "(step, x, logits) -> logits before each step", None)
 
     def __post_init__(self) -> None:
+        derived = []
         if self.alg not in ALGS:
             raise ValueError(f"alg={self.alg!r} is not one of {ALGS}")
+        if self.max_new_tokens is None:
+            if self.alg != "diffullama":
+                raise ValueError(f"max_new_tokens is required for alg={self.alg!r} (an integer >= 1)")
+            object.__setattr__(self, "max_new_tokens", 0)
+            derived.append("max_new_tokens")
+        if self.steps is None:
+            if self.alg == "diffullama":
+                raise ValueError("steps (DiffuLLaMA's diffusion_steps) is required for alg='diffullama'")
+            object.__setattr__(self, "steps", self.max_new_tokens)
+            derived.append("steps")
+        object.__setattr__(self, "_derived", frozenset(derived))
+        self._check_values()
+        object.__setattr__(self, "suppress_tokens", tuple(int(t) for t in self.suppress_tokens))
+        if self.alg in LLADA_ALGS:
+            self._check_blocks()
+        elif self.block_length is not None:
+            raise ValueError(
+                f"block_length={self.block_length} is only used by the LLaDA remasking algs {LLADA_ALGS}, "
+                f"not alg={self.alg!r}"
+            )
+
+    def _check_values(self) -> None:
         min_new = 0 if self.alg == "diffullama" else 1
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < min_new:
             raise ValueError(
@@ -82,14 +231,6 @@ class GenerateConfig:
             raise ValueError(f"logits_temp={self.logits_temp} must be > 0")
         if self.vocab_limit is not None and self.vocab_limit < 1:
             raise ValueError(f"vocab_limit={self.vocab_limit} must be >= 1 or None")
-        object.__setattr__(self, "suppress_tokens", tuple(int(t) for t in self.suppress_tokens))
-        if self.alg in LLADA_ALGS:
-            self._check_blocks()
-        elif self.block_length is not None:
-            raise ValueError(
-                f"block_length={self.block_length} is only used by the LLaDA remasking algs {LLADA_ALGS}, "
-                f"not alg={self.alg!r}"
-            )
 
     def _check_blocks(self) -> None:
         block = self.max_new_tokens if self.block_length is None else self.block_length
@@ -124,4 +265,69 @@ class GenerateConfig:
         return self.token_hook is not None or self.logits_hook is not None
 
     def replace(self, **changes: Any) -> GenerateConfig:
-        return dataclasses.replace(self, **changes)
+        """A copy with `changes`; values this config derived (`steps` from `max_new_tokens`) are derived again.
+
+        Example:
+            >>> GenerateConfig(max_new_tokens=8).replace(max_new_tokens=16).steps
+            16
+        """
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self._derived}
+        return GenerateConfig(**{**given, **changes})
+
+
+@dataclasses.dataclass(frozen=True)
+class Knob:
+    """One setting a front end can give: a `GenerateConfig` field, or an alias that sets one (`field`).
+
+    `default` is the value every front end starts from: the field's default, except `alg` (None: chosen
+    per call, see `resolve_alg`) and `top_k` (`UNSET`: see `resolve_top_k`); `shown` is how help texts
+    write it. `parse` turns text (a flag, a model_arg) or a value into the setting; None marks a
+    Python-only knob (hooks, `output_history`), which has no flag and no model_arg.
+    """
+
+    name: str
+    help: str
+    default: Any
+    shown: str
+    parse: Callable[[Any], Any] | None
+    field: str
+
+    @property
+    def switch(self) -> bool:
+        """A boolean knob: a CLI flag without a value."""
+        return self.parse is parse_bool
+
+
+def _field_knob(f: dataclasses.Field) -> Knob:
+    meta = f.metadata
+    default = meta.get("user_default", f.default)
+    shown = meta["shown"] or ("none" if default is None else str(default).lower() if isinstance(default, bool)
+                              else str(default))
+    return Knob(f.name, meta["help"], default, shown, meta["parse"], f.name)
+
+
+KNOBS: dict[str, Knob] = {f.name: _field_knob(f) for f in dataclasses.fields(GenerateConfig)}
+
+
+def resolve_alg(alg: str | None, block_length: int | None) -> str:
+    """The `alg` a call means when it names none: LLaDA's `low_confidence` with a `block_length`, else `origin`."""
+    if alg is None:
+        return "low_confidence" if block_length is not None else "origin"
+    return alg
+
+
+def resolve_top_k(top_k: Any, alg: str) -> int | None:
+    """Dream's effective default: a call that does not pass `top_k` filters to the 50 best tokens.
+
+    Dream-v0's `diffusion_generate` starts from the model's generation config, which carries
+    transformers' `GenerationConfig` default `top_k=50`; the reference outputs in
+    tests/data/parity/dream were produced that way. Passing `top_k=None` disables the filter (as
+    in Dream). LLaDA and DiffuLLaMA have no top-k, so unset means none there.
+
+    Example:
+        >>> resolve_top_k(UNSET, "entropy"), resolve_top_k(UNSET, "low_confidence"), resolve_top_k(None, "entropy")
+        (50, None, None)
+    """
+    if top_k is UNSET:
+        return DREAM_DEFAULT_TOP_K if alg in DREAM_ALGS else None
+    return top_k

@@ -14,7 +14,7 @@ from dlm_jax.models.config import ModelConfig
 from dlm_jax.ops.token_stats import TokenStats
 from dlm_jax.sampling.algorithms import RULES, Context, read_positions
 from dlm_jax.sampling.config import GenerateConfig
-from dlm_jax.sampling.rows import feeding_rows, model_hidden, row_stats
+from dlm_jax.sampling.rows import feeding_rows, guided_logits, model_hidden, row_stats
 from dlm_jax.sampling.schedules import diffullama_keep_rates, dream_transfer_fractions
 from dlm_jax.sampling.stats import forbid_ids, position_stats
 
@@ -45,31 +45,9 @@ def _schedule(gen: GenerateConfig) -> np.ndarray:
     return np.zeros((gen.steps,), np.float32)
 
 
-def shift_right(values: jax.Array) -> jax.Array:
-    """Dream's logit shift along axis 1: position i takes the value made at i - 1, position 0 keeps its own."""
-    return jnp.concatenate([values[:, :1], values[:, :-1]], axis=1)
-
-
-def model_logits(
-    params: Any,
-    config: ModelConfig,
-    gen: GenerateConfig,
-    x: jax.Array,
-    attention_mask: jax.Array | None,
-    prompt: jax.Array,
-) -> jax.Array:
-    """Raw (unshifted) logits as the sampler sees them: CFG-mixed from one batched forward.
-
-    CFG (SMDM/LLaDA): the unconditional branch has the `prompt` positions set to the mask id;
-    `logits = un + (w + 1) * (cond - un)`.
-    """
-    mask_id = config.require_mask_token()
-    if gen.cfg_scale > 0:
-        both = jnp.concatenate([x, jnp.where(prompt, mask_id, x)], axis=0)
-        mask2 = None if attention_mask is None else jnp.concatenate([attention_mask, attention_mask], axis=0)
-        cond, un = jnp.split(decoder.apply(params, both, mask2, config=config), 2, axis=0)
-        return un + jnp.float32(gen.cfg_scale + 1) * (cond - un)
-    return decoder.apply(params, x, attention_mask, config=config)
+def _shifted(config: ModelConfig, values: Any) -> Any:
+    """`decoder.shift_logits` on every [B, L, ...] leaf of `values` when the model's logits are shifted."""
+    return jax.tree.map(decoder.shift_logits, values) if config.logit_shift else values
 
 
 def make_step(params: Any, config: ModelConfig, gen: GenerateConfig, ctx: Context, attention_mask, rng, prompt):
@@ -80,20 +58,20 @@ def make_step(params: Any, config: ModelConfig, gen: GenerateConfig, ctx: Contex
 
     def hooked_stats(state: SamplerState, token_key: jax.Array) -> tuple[TokenStats, jax.Array]:
         """Statistics of every position from the full [B, L, V] logits, which the hooks see (shifted)."""
-        raw = model_logits(params, config, gen, state.x, attention_mask, prompt)
-        logits = shift_right(raw) if config.logit_shift else raw
+        raw = guided_logits(params, config, gen, model_hidden(params, config, gen, state.x, attention_mask, prompt))
+        logits = _shifted(config, raw)
         if gen.logits_hook is not None:
             logits = gen.logits_hook(state.step, state.x, logits)
             return position_stats(forbid_ids(logits, gen, mask_id), gen, token_key, impl=config.sampling_impl), logits
         stats = position_stats(forbid_ids(raw, gen, mask_id), gen, token_key, impl=config.sampling_impl)
-        return (jax.tree.map(shift_right, stats) if config.logit_shift else stats), logits
+        return _shifted(config, stats), logits
 
     def read_stats(state: SamplerState, token_key: jax.Array) -> TokenStats:
         """Statistics of the positions the rule reads: the head and reduction run only on their rows."""
         needed = feeding_rows(read_positions(ctx, state.pending, state.step), config.logit_shift)
         hidden = model_hidden(params, config, gen, state.x, attention_mask, prompt)
         stats = row_stats(params, config, gen, hidden, needed, token_key)
-        return jax.tree.map(shift_right, stats) if config.logit_shift else stats  # stats commute with the shift
+        return _shifted(config, stats)  # statistics commute with the shift
 
     def step_fn(state: SamplerState) -> SamplerState:
         i = state.step
@@ -170,8 +148,8 @@ def generate(
     other position starts masked. `rng`: a `jax.random` key (used only when sampling).
 
     Example:
-        >>> config = ModelConfig(vocab_size=32, hidden_size=16, num_layers=1, num_heads=2,
-        ...                      intermediate_size=32, mask_token_id=31)
+        >>> config = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                      intermediate_size=64, mask_token_id=63)
         >>> params = decoder.init(jax.random.key(0), config)
         >>> gen = GenerateConfig(max_new_tokens=4, steps=4, alg="entropy")
         >>> out = generate(params, config, jnp.array([[1, 2, 3]]), None, gen, jax.random.key(0))

@@ -1,4 +1,4 @@
-"""The LM head and per-position statistics on only the rows a sampler step reads, in static row buckets.
+"""The sampler's logits, and per-position statistics on only the rows a sampler step reads, in static row buckets.
 
 Dream's loop reduces the vocabulary only at masked positions; a jitted loop has static shapes, so
 the rows a step reads (a dynamic set) are packed first and rounded up to one of a few static
@@ -53,16 +53,6 @@ def feeding_rows(positions: jax.Array, logit_shift: bool) -> jax.Array:
     return rows.at[:, 0].set(rows[:, 0] | positions[:, 0])
 
 
-def head_logits(params: Any, config: ModelConfig, hidden: jax.Array) -> jax.Array:
-    """float32 logits from final hidden states [..., D]: the decoder's own head op (Dense, or the tied embedding)."""
-    dt = jnp.dtype(config.compute_dtype)
-    h = hidden.astype(dt)
-    if config.tie_embeddings:
-        return jnp.dot(h, params["embed"]["embedding"].astype(dt).T).astype(jnp.float32)
-    kernel = params["lm_head"]["kernel"].astype(dt)
-    return jax.lax.dot_general(h, kernel, (((h.ndim - 1,), (0,)), ((), ()))).astype(jnp.float32)
-
-
 def model_hidden(
     params: Any,
     config: ModelConfig,
@@ -71,7 +61,10 @@ def model_hidden(
     attention_mask: jax.Array | None,
     prompt: jax.Array,
 ) -> jax.Array:
-    """Final hidden states [branches, B, L, D]: one branch, or CFG's (conditional, unconditional) from one forward."""
+    """Final hidden states [branches, B, L, D]: one branch, or CFG's (conditional, unconditional) from one forward.
+
+    CFG (SMDM/LLaDA): the unconditional branch has the `prompt` positions set to the mask id.
+    """
     if gen.cfg_scale > 0:
         mask_id = config.require_mask_token()
         both = jnp.concatenate([x, jnp.where(prompt, mask_id, x)], axis=0)
@@ -81,12 +74,14 @@ def model_hidden(
     return decoder.apply(params, x, attention_mask, config=config, return_hidden=True)[None]
 
 
-def _guided_logits(params: Any, config: ModelConfig, gen: GenerateConfig, hidden: jax.Array) -> jax.Array:
-    """Head logits of [branches, N, D] hidden rows, CFG-mixed as `loop.model_logits` mixes them."""
-    logits = head_logits(params, config, hidden)
+def guided_logits(params: Any, config: ModelConfig, gen: GenerateConfig, hidden: jax.Array) -> jax.Array:
+    """Raw (unshifted) float32 logits as the sampler sees them, from `model_hidden` rows [branches, ..., D].
+
+    The decoder's head (`decoder.head`) on each branch; with CFG, `decoder.cfg_mix` of the two.
+    """
+    logits = decoder.head(params, config, hidden)
     if gen.cfg_scale > 0:
-        cond, un = logits[0], logits[1]
-        return un + jnp.float32(gen.cfg_scale + 1) * (cond - un)
+        return decoder.cfg_mix(logits[0], logits[1], gen.cfg_scale)
     return logits[0]
 
 
@@ -111,15 +106,15 @@ def row_stats(
     branches of `lax.switch` are not pruned by XLA, so unused statistics would cost a vocabulary pass).
 
     Example:
-        >>> config = ModelConfig(vocab_size=32, hidden_size=16, num_layers=1, num_heads=2,
-        ...                      intermediate_size=32, mask_token_id=31)
+        >>> config = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                      intermediate_size=64, mask_token_id=63)
         >>> params = decoder.init(jax.random.key(0), config)
         >>> gen = GenerateConfig(max_new_tokens=4, steps=4, alg="maskgit_plus")
-        >>> x = jnp.array([[1, 2, 31, 31]])
-        >>> hidden = model_hidden(params, config, gen, x, None, x != 31)
-        >>> s = row_stats(params, config, gen, hidden, x == 31, jax.random.key(0))
+        >>> x = jnp.array([[1, 2, 63, 63]])
+        >>> hidden = model_hidden(params, config, gen, x, None, x != 63)
+        >>> s = row_stats(params, config, gen, hidden, x == 63, jax.random.key(0))
         >>> full = position_stats(decoder.apply(params, x, config=config), gen, jax.random.key(0))
-        >>> bool((s.prob[x == 31] == full.prob[x == 31]).all())
+        >>> bool((s.prob[x == 63] == full.prob[x == 63]).all())
         True
     """
     mask_id = config.require_mask_token()
@@ -128,14 +123,14 @@ def row_stats(
     flat = hidden.reshape(branches, total, width)
 
     def full(flat: jax.Array, order: jax.Array) -> TokenStats:
-        logits = _guided_logits(params, config, gen, flat)
+        logits = guided_logits(params, config, gen, flat)
         stats = position_stats(forbid_ids(logits, gen, mask_id), gen, key, impl=config.sampling_impl)
         return jax.tree.map(lambda v: v.reshape(batch, length), _read_fields(stats, gen))
 
     def packed(size: int):
         def run(flat: jax.Array, order: jax.Array) -> TokenStats:
             index = order[:size]
-            logits = _guided_logits(params, config, gen, jnp.take(flat, index, axis=1))
+            logits = guided_logits(params, config, gen, jnp.take(flat, index, axis=1))
             stats = position_stats(forbid_ids(logits, gen, mask_id), gen, key, impl=config.sampling_impl, rows=index)
             stats = _read_fields(stats, gen)
             return jax.tree.map(lambda v: jnp.zeros((total,), v.dtype).at[index].set(v).reshape(batch, length), stats)

@@ -32,9 +32,25 @@ class Checkpointer:
     already exists is never rewritten, and a state with non-finite values is never saved.
 
     Example:
+        >>> from dlm_jax.models import decoder
+        >>> from dlm_jax.training.config import TrainConfig
+        >>> from dlm_jax.training.optimizer import make_optimizer
+        >>> from dlm_jax.training.state import create_train_state
+        >>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                   intermediate_size=64, mask_token_id=63)
+        >>> state = create_train_state(decoder.init(jax.random.key(0), cfg), make_optimizer(TrainConfig()), 0)
         >>> ckpt = Checkpointer("runs/x/ckpt", keep=3, every=100)
         >>> ckpt.save(state, data_state={"next_index": 8}, meta={"model": cfg.to_dict()})
-        >>> state, data_state = ckpt.restore(state, model_config=cfg)
+        True
+        >>> ckpt.wait(); ckpt.latest_step()
+        0
+        >>> restored, data_state = ckpt.restore(state, model_config=cfg)
+        >>> int(restored.step), data_state
+        (0, {'next_index': 8})
+        >>> ckpt.restore(state, model_config=cfg.replace(num_layers=3))
+        Traceback (most recent call last):
+        ValueError: checkpoint .../runs/x/ckpt/0 was written for another model shape (num_layers: checkpoint 2 vs ...
+        >>> ckpt.close()
     """
 
     def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, every: int = 0, async_save: bool = True):

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import pathlib
 from typing import Any
 
 import yaml
 
+from dlm_jax import presets
+from dlm_jax.data.config import DataConfig, check_choice
 from dlm_jax.models.config import ModelConfig
 
 OBJECTIVES = ("mdm", "sft", "diffullama", "dream", "ar")
 TIME_SAMPLINGS = ("uniform", "antithetic", "stratified")
 TIME_WEIGHTINGS = ("cart", "original", "linear")
 LOSS_NORMS = ("auto", "tokens", "masked", "response")
-
-
-def _check_choice(section: str, name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{section}.{name}={value!r} is not one of {allowed}")
 
 
 def _check_range(section: str, name: str, value: float, lo: float, hi: float) -> None:
@@ -74,10 +72,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         s = "train"
-        _check_choice(s, "objective", self.objective, OBJECTIVES)
-        _check_choice(s, "time_sampling", self.time_sampling, TIME_SAMPLINGS)
-        _check_choice(s, "time_weighting", self.time_weighting, TIME_WEIGHTINGS)
-        _check_choice(s, "loss_norm", self.loss_norm, LOSS_NORMS)
+        check_choice(s, "objective", self.objective, OBJECTIVES)
+        check_choice(s, "time_sampling", self.time_sampling, TIME_SAMPLINGS)
+        check_choice(s, "time_weighting", self.time_weighting, TIME_WEIGHTINGS)
+        check_choice(s, "loss_norm", self.loss_norm, LOSS_NORMS)
         _check_range(s, "eps", self.eps, 0.0, 0.5)
         _check_range(s, "cart_p", self.cart_p, 1e-6, 1.0)
         for name in ("cfg_prompt_dropout", "ssl_ratio", "b1", "b2"):
@@ -99,51 +97,8 @@ class TrainConfig:
             raise ValueError(f"train.flops must be > 0, got {self.flops}")
 
     @property
-    def micro_batch_size(self) -> int:
-        return self.batch_size // self.grad_accum
-
-    @property
     def is_diffusion(self) -> bool:
         return self.objective != "ar"
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Where the training/validation examples come from and how they become token arrays.
-
-    `kind`: a synthetic task shipped with the package (`reverse_curse`, `sudoku`, `countdown`,
-    `arithmetic`) or a file source (`jsonl`, `parquet`, `arrayrecord`, `tfds`).
-    `format`: `text` (pretraining, packed to seq_len) or an SFT layout (`dream`, `messages`, `s1k`, `pairs`).
-    """
-
-    kind: str = "reverse_curse"
-    path: str | None = None
-    val_path: str | None = None
-    format: str = "text"
-    text_key: str = "text"
-    tokenizer: str | None = None
-    pack: bool = True
-    truncate: bool = False
-    shuffle: bool = True
-    num_examples: int = 2000
-    val_examples: int = 256
-    task_seed: int = 1234
-    worker_count: int = 0
-    options: dict = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        _check_choice(
-            "data",
-            "kind",
-            self.kind,
-            ("reverse_curse", "sudoku", "countdown", "arithmetic", "jsonl", "parquet", "arrayrecord", "tfds"),
-        )
-        _check_choice("data", "format", self.format, ("text", "dream", "messages", "s1k", "pairs"))
-        if self.num_examples < 1 or self.val_examples < 0:
-            raise ValueError(
-                f"data.num_examples must be >= 1 and data.val_examples >= 0, got "
-                f"{self.num_examples} / {self.val_examples}"
-            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +132,7 @@ class LoggingConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _check_choice("logging", "wandb_mode", self.wandb_mode, ("disabled", "offline", "online"))
+        check_choice("logging", "wandb_mode", self.wandb_mode, ("disabled", "offline", "online"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +146,7 @@ class ExperimentConfig:
     logging: LoggingConfig = LoggingConfig()
     mesh: dict = dataclasses.field(default_factory=dict)
     model_preset: str | None = None
+    model_explicit: tuple[str, ...] = ()  # model fields set in the YAML mapping or by --set (not by the preset)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -202,11 +158,19 @@ _SECTIONS = {"train": TrainConfig, "data": DataConfig, "checkpoint": CheckpointC
 _TOP_KEYS = ("model", *_SECTIONS, "mesh")
 
 
+class OverrideError(ValueError):
+    """A bad `--set KEY=VALUE` (its message names the flag, not the YAML file)."""
+
+
 def _coerce(section: str, name: str, kind: str, value: Any) -> Any:
     """YAML reads `1e-4` as a string and `3` where a float is meant: convert by the field's declared type."""
-    if value is None or kind.startswith(("str", "dict")):
-        return value
     base = kind.split("|")[0].strip()
+    if value is None:
+        if "None" not in kind:
+            raise ValueError(f"{section}.{name}: expected {base}, got null")
+        return value
+    if kind.startswith(("str", "dict")):
+        return value
     try:
         if base == "float" and not isinstance(value, bool):
             return float(value)
@@ -217,8 +181,34 @@ def _coerce(section: str, name: str, kind: str, value: Any) -> Any:
     if base == "bool" and isinstance(value, bool):
         return value
     if base in ("float", "int", "bool"):
-        raise ValueError(f"{section}.{name}={value!r} must be of type {base}")
+        raise ValueError(f"{section}.{name}: expected {base}, got {value!r}")
     return value
+
+
+def _key_hint(section: str, name: str, known: list[str]) -> str:
+    """'did you mean train.lr?' for a near miss, else the list of known keys."""
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"did you mean {section}.{close[0]}?" if close else f"known {section} keys: {', '.join(sorted(known))}"
+
+
+def _check_override(dotted: str, value: Any) -> None:
+    """Refuse a `--set` whose key is not a field of its section, or whose value has the wrong type."""
+    section, *rest = dotted.split(".")
+    if not rest or section == "mesh" or (section == "model" and rest == ["preset"]):
+        return  # `model=<preset>`, `model.preset=...`; mesh keys are checked by MeshConfig
+    cls = ModelConfig if section == "model" else _SECTIONS[section]
+    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    name = rest[0]
+    if name not in fields:
+        raise OverrideError(f"--set {dotted}: unknown key; {_key_hint(section, name, list(fields))}")
+    if len(rest) > 1:
+        if not fields[name].startswith("dict"):
+            raise OverrideError(f"--set {dotted}: {section}.{name} is a value, not a section")
+        return
+    try:
+        _coerce(section, name, fields[name], value)
+    except ValueError as e:
+        raise OverrideError(f"--set {e}") from None
 
 
 def _build(cls: type, section: str, data: dict[str, Any]) -> Any:
@@ -227,12 +217,12 @@ def _build(cls: type, section: str, data: dict[str, Any]) -> Any:
     fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        names = [f"{section}.{k}" for k in unknown]
-        raise ValueError(f"unknown key(s) {names}; known {section} keys: {sorted(fields)}")
+        raise ValueError(f"unknown key {section}.{unknown[0]}; {_key_hint(section, unknown[0], list(fields))}")
     return cls(**{k: _coerce(section, k, fields[k], v) for k, v in data.items()})
 
 
 def _model_from(spec: Any) -> tuple[ModelConfig, str | None]:
+    """(config, preset name or None) from a preset name or a mapping of fields (optionally with `preset`)."""
     if isinstance(spec, str):
         return ModelConfig.from_preset(spec), spec
     if not isinstance(spec, dict):
@@ -249,14 +239,14 @@ def _model_from(spec: Any) -> tuple[ModelConfig, str | None]:
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     if keys[0] not in _TOP_KEYS:
-        raise ValueError(f"--set {dotted}: unknown section {keys[0]!r}; sections: {list(_TOP_KEYS)}")
+        raise OverrideError(f"--set {dotted}: unknown section {keys[0]!r}; sections: {', '.join(_TOP_KEYS)}")
     node = tree
     for k in keys[:-1]:
         if isinstance(node.get(k), str) and k == "model":
             node[k] = {"preset": node[k]}
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
-            raise ValueError(f"--set {dotted}: {k!r} is not a section")
+            raise OverrideError(f"--set {dotted}: {k} is a value, not a section")
     node[keys[-1]] = value
 
 
@@ -265,10 +255,29 @@ def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
     out = []
     for pair in pairs:
         if "=" not in pair:
-            raise ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
+            raise OverrideError(f"--set {pair}: expected KEY=VALUE, e.g. train.lr=1e-4")
         key, raw = pair.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise OverrideError(f"--set {pair}: {raw!r} is not a valid value") from None
+        out.append((key.strip(), value))
     return out
+
+
+def read_yaml(path: str | pathlib.Path) -> Any:
+    """The parsed YAML file; a syntax error is one `FILE:LINE:COLUMN: problem` line."""
+    path = pathlib.Path(path)
+    try:
+        with path.open() as f:
+            return yaml.safe_load(f)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = "; ".join(str(x) for x in (e.problem, e.context) if x)
+        raise ValueError(f"{where}: invalid YAML: {what}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
 
 
 def experiment_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> ExperimentConfig:
@@ -285,26 +294,38 @@ def experiment_from_dict(data: dict[str, Any], overrides: list[str] | None = Non
         raise ValueError(f"unknown config section(s) {unknown}; known sections: {list(_TOP_KEYS)}")
     for key, value in parse_overrides(overrides or []):
         _set_dotted(data, key, value)
+        _check_override(key, value)
     if "model" not in data:
         raise ValueError("config has no 'model' section (a preset name or ModelConfig fields)")
     model, preset = _model_from(data["model"])
+    explicit = tuple(sorted(k for k in data["model"] if k != "preset")) if isinstance(data["model"], dict) else ()
     sections = {name: _build(cls, name, data.get(name) or {}) for name, cls in _SECTIONS.items()}
     mesh = data.get("mesh") or {}
     if not isinstance(mesh, dict):
         raise ValueError("config section 'mesh' must be a mapping")
-    return ExperimentConfig(model=model, mesh=mesh, model_preset=preset, **sections)
+    return ExperimentConfig(model=model, mesh=mesh, model_preset=preset, model_explicit=explicit, **sections)
 
 
 def load_experiment(path: str | pathlib.Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read an experiment YAML (see configs/experiments/) and apply `--set` overrides."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--config {path}: no such file")
-    with path.open() as f:
-        data = yaml.safe_load(f)
+    """Read an experiment YAML and apply `--set` overrides.
+
+    `path` is a YAML file, or names a shipped experiment config (`tiny_mdm`, or the repository path
+    `configs/experiments/tiny_mdm.yaml` from any directory once the wheel is installed; see
+    `dlm_jax.presets.find_config`).
+    """
+    found = presets.find_config("experiments", path)
+    if found is None:
+        raise FileNotFoundError(
+            f"--config {path}: no such file, and not a shipped experiment config "
+            f"(shipped: {', '.join(presets.available('experiments'))})"
+        )
+    path = found
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping with sections {list(_TOP_KEYS)}")
     try:
         return experiment_from_dict(data, overrides)
+    except OverrideError:
+        raise
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None

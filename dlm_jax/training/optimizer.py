@@ -48,8 +48,12 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     `grad_accum` micro-batches), so the step counter and the schedule count real updates.
 
     Example:
-        >>> opt = make_optimizer(TrainConfig(lr=2e-4, max_steps=1000))
-        >>> opt_state = opt.init(params)
+        >>> import jax.numpy as jnp
+        >>> opt = make_optimizer(TrainConfig(lr=1e-3, warmup_steps=0, max_steps=100, weight_decay=0.0))
+        >>> params = {"w": jnp.ones(3)}
+        >>> updates, opt_state = opt.update({"w": jnp.array([100.0, -1.0, 0.0])}, opt.init(params), params)
+        >>> updates["w"].round(6).tolist()  # Adam's first step: lr times the sign of the gradient
+        [-0.001, 0.001, 0.0]
     """
     chain = []
     if config.clip > 0:

@@ -15,7 +15,11 @@ def steps_for_flops(flops: float, model_config: ModelConfig, global_batch: int, 
     """max_steps = C / (6 N * global_batch * seq_len), N = non-embedding parameters; at least 1.
 
     Example:
-        >>> steps_for_flops(6e12, ModelConfig.from_preset("smdm_6m"), 8, 128)  # doctest: +SKIP
+        >>> cfg = ModelConfig.from_preset("smdm_6m")
+        >>> cfg.non_embedding_params()
+        6294784
+        >>> steps_for_flops(6e12, cfg, 8, 128)  # 6e12 // (6 * 6294784 * 8 * 128)
+        155
     """
     n = model_config.non_embedding_params()
     return max(1, int(flops // (6 * n * global_batch * seq_len)))
@@ -32,11 +36,6 @@ def apply_flops_budget(train: TrainConfig, model_config: ModelConfig) -> TrainCo
     steps = steps_for_flops(train.flops, model_config, train.batch_size, train.seq_len)
     warmup = min(max(100, math.ceil(0.01 * steps)), max(1, steps // 10))
     return dataclasses.replace(train, max_steps=steps, warmup_steps=warmup)
-
-
-def smdm_optimizer_defaults() -> dict[str, float]:
-    """SMDM's optimiser: AdamW, lr 2e-4 -> 2e-5 cosine, wd 0.1, betas (0.9, 0.95), clip 1.0."""
-    return {"lr": 2e-4, "min_lr": 2e-5, "weight_decay": 0.1, "b1": 0.9, "b2": 0.95, "clip": 1.0}
 
 
 @dataclasses.dataclass(frozen=True)

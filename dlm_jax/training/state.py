@@ -37,9 +37,16 @@ def create_train_state(params: Any, optimizer: optax.GradientTransformation, rng
     """A fresh state at step 0.
 
     Example:
+        >>> from dlm_jax.models import decoder
+        >>> from dlm_jax.models.config import ModelConfig
+        >>> from dlm_jax.training.config import TrainConfig
+        >>> from dlm_jax.training.optimizer import make_optimizer
+        >>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+        ...                   intermediate_size=64, mask_token_id=63)
+        >>> params = decoder.init(jax.random.key(0), cfg)
         >>> state = create_train_state(params, make_optimizer(TrainConfig()), jax.random.key(0))
-        >>> int(state.step)
-        0
+        >>> int(state.step), state.rng.dtype, state.rng.shape  # the key as raw uint32 data
+        (0, dtype('uint32'), (2,))
     """
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=as_key_data(rng)

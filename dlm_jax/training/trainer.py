@@ -18,13 +18,14 @@ from jax.experimental import multihost_utils
 from dlm_jax.data import pipeline
 from dlm_jax.data.tokenizer import SimpleTokenizer, Tokenizer
 from dlm_jax.models import decoder
-from dlm_jax.models.config import RUNTIME_FIELDS, ModelConfig
-from dlm_jax.parallel import MeshConfig, Partitioner, put_global, shard_eval_step, shard_train_step
+from dlm_jax.models.config import ModelConfig
+from dlm_jax.parallel import MeshConfig, Partitioner, put_global, shard_batch, shard_eval_step, shard_train_step
 from dlm_jax.parallel.distributed import data_shard, is_primary
 from dlm_jax.parallel.sharding import abstract_with_shardings
 from dlm_jax.training.checkpoint import Checkpointer
 from dlm_jax.training.config import ExperimentConfig, TrainConfig
-from dlm_jax.training.metrics_log import MetricsLog
+from dlm_jax.training.init_model import merge_init_config
+from dlm_jax.training.metrics_log import MetricsLog, plot_loss
 from dlm_jax.training.optimizer import make_optimizer
 from dlm_jax.training.scaling import apply_flops_budget
 from dlm_jax.training.state import TrainState, create_train_state
@@ -53,6 +54,18 @@ def fit_model_to_tokenizer(model: ModelConfig, tokenizer: Tokenizer) -> ModelCon
     return model
 
 
+def objective_attention(model: ModelConfig, train: TrainConfig) -> ModelConfig:
+    """The attention the objective trains: causal for AR, bidirectional for the diffusion objectives (DiffuLLaMA's
+    annealing starts from the model's own mode); a diffusion objective needs a mask token."""
+    if train.objective == "ar":
+        model = model.replace(attention_mode="causal")
+    elif train.objective != "diffullama" or train.anneal_steps == 0:
+        model = model.replace(attention_mode="bidirectional")
+    if train.is_diffusion:
+        model.require_mask_token()
+    return model
+
+
 def data_parallel_size(partitioner: Partitioner) -> tuple[int, tuple[str, ...]]:
     """How many ways the batch is split on `partitioner`'s mesh, and the mesh axes it is split over.
 
@@ -75,6 +88,12 @@ def check_batch_fits_mesh(train: TrainConfig, partitioner: Partitioner) -> None:
             f"(the batch is split over {'*'.join(names)} of mesh {mesh}); use a multiple of {size} "
             f"or change the mesh section"
         )
+
+
+def global_spec(local_batch: dict[str, np.ndarray], batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """Abstract global batch (`batch_size` rows) shaped like one process's batch."""
+    return {k: jax.ShapeDtypeStruct((batch_size, *np.shape(v)[1:]), np.asarray(v).dtype)
+            for k, v in local_batch.items()}
 
 
 def allgather_json(obj: Any) -> list[Any]:
@@ -145,100 +164,153 @@ class Trainer:
     and the export are collective.
 
     Example:
-        >>> exp = load_experiment("configs/experiments/tiny_mdm.yaml", ["train.max_steps=20"])
-        >>> result = Trainer(exp).run()
-        >>> result.history[-1]["loss"]
+        >>> from dlm_jax.training.config import load_experiment
+        >>> exp = load_experiment("configs/experiments/tiny_mdm.yaml",
+        ...                       ["train.max_steps=4", "train.log_every=2", "train.batch_size=8"])
+        >>> result = Trainer(exp, progress=False).run()
+        >>> [row["step"] for row in result.history], "val_elbo" in result.history[-1]
+        ([2, 4], True)
+        >>> sorted(path.name for path in result.out_dir.iterdir())  # runs/tiny_mdm
+        ['checkpoints', 'loss.png', 'metrics.jsonl', 'model', 'summary.json']
     """
 
     def __init__(self, exp: ExperimentConfig, *, progress: bool | None = None, devices: list | None = None):
         self.exp = exp
-        data, ck = exp.data, exp.checkpoint
         self.out_dir = pathlib.Path(exp.logging.out_dir)
         self.progress = exp.logging.progress if progress is None else progress
+        train_records, val_records = self._read_records()
+        init_params = self._resolve_config(list(train_records) + list(val_records))
+        first, local_val = self._build_data(train_records, val_records, devices)
+        abstract_state = self._build_state(first, init_params)
+        self._build_eval(abstract_state, local_val)
+        self._restore(abstract_state, init_params)
+        self._stop = threading.Event()
+
+    # ---- construction, in order -------------------------------------------------------------
+    def _read_records(self) -> tuple[Any, Any]:
+        """The train and validation records of the data section (validation must exist when evals are asked for)."""
+        data, train = self.exp.data, self.exp.train
         train_records = pipeline.load_records(data, "train")
         val_records = pipeline.load_records(data, "val")
-        all_records = list(train_records) + list(val_records)
-        self.tokenizer = pipeline.build_tokenizer(data, all_records, exp.model.mask_token_id)
-        model = fit_model_to_tokenizer(exp.model, self.tokenizer)
-        init_params = None
-        if ck.init_from:
+        if train.eval_every and not len(val_records):
+            raise ValueError(f"train.eval_every={train.eval_every} needs validation data, but the "
+                             f"{data.kind} data has no validation split (set data.val_path, or data.val_examples "
+                             f"> 0 for a built-in task), or set train.eval_every=0")
+        return train_records, val_records
+
+    def _resolve_config(self, records: list[dict[str, Any]]) -> PyTree | None:
+        """Set the tokenizer, the model config (fitted to the tokenizer and the objective) and the train config.
+
+        Returns the initial params of `checkpoint.init_from` (host arrays), or None for a fresh start.
+        """
+        exp, init_from = self.exp, self.exp.checkpoint.init_from
+        model, init_params = exp.model, None
+        if init_from:
             from dlm_jax.api import DiffusionLM
 
-            runtime = {k: v for k, v in exp.model.to_dict().items() if k in RUNTIME_FIELDS - {"mask_token_id"}}
-            loaded = DiffusionLM.from_pretrained(ck.init_from, dtype=exp.model.param_dtype)
-            model = fit_model_to_tokenizer(loaded.config.replace(**runtime), self.tokenizer)
+            loaded = DiffusionLM.from_pretrained(init_from, dtype=exp.model.param_dtype)
+            model = merge_init_config(loaded.config, exp.model, exp.model_explicit, init_from)
             init_params = jax.device_get(loaded.params)
-        if exp.train.objective == "ar":
-            model = model.replace(attention_mode="causal")
-        elif exp.train.objective != "diffullama" or exp.train.anneal_steps == 0:
-            model = model.replace(attention_mode="bidirectional")
-        if exp.train.is_diffusion:
-            model.require_mask_token()
-        self.model_config = model
-        self.train_config = apply_flops_budget(exp.train, model)
+        self.tokenizer = pipeline.build_tokenizer(exp.data, records, model.mask_token_id)
+        model = fit_model_to_tokenizer(model, self.tokenizer)
+        if init_params is not None and model.vocab_size != loaded.config.vocab_size:
+            raise ValueError(f"checkpoint.init_from={init_from} has vocab_size={loaded.config.vocab_size} but the "
+                             f"built-in tokenizer has {model.vocab_size} tokens; set data.tokenizer to the "
+                             f"checkpoint's tokenizer folder")
+        self.model_config = objective_attention(model, exp.train)
+        self.train_config = apply_flops_budget(exp.train, self.model_config)
+        return init_params
+
+    def _build_data(self, train_records: Any, val_records: Any, devices: list | None) -> tuple[dict, list[dict]]:
+        """The mesh, this process's data shard and training stream; returns its first batch and validation batches."""
         tc = self.train_config
         # The mesh (default: fsdp over every device) and a batch check, before anything compiles.
-        self.partitioner = Partitioner.create(MeshConfig.from_dict(exp.mesh), devices)
+        self.partitioner = Partitioner.create(MeshConfig.from_dict(self.exp.mesh), devices)
         check_batch_fits_mesh(tc, self.partitioner)
         ids_spec = jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len), np.int32)
         ids_sharding = self.partitioner.batch_shardings({"input_ids": ids_spec})["input_ids"]
         self.data_shard = data_shard(ids_sharding, tc.batch_size)
-        self.train_ds = pipeline.make_dataset(train_records, data, tc, self.tokenizer, split="train",
+        self.train_ds = pipeline.make_dataset(train_records, self.exp.data, tc, self.tokenizer, split="train",
                                               shard=self.data_shard)
-        local_val = []
-        if len(val_records):
-            val_ds = pipeline.make_dataset(val_records, data, tc, self.tokenizer, split="val", shard=self.data_shard)
-            local_val = pipeline.val_batches(val_ds, tc.eval_batches)
-        local_val = local_val[: min(allgather_json(len(local_val)))]  # packed shards may differ in length
-        optimizer = make_optimizer(tc)
-
-        def build(params: PyTree, seed: int) -> TrainState:
-            return create_train_state(params, optimizer, jax.random.fold_in(jax.random.key(seed), 1))
-
-        def fresh(seed: int) -> TrainState:
-            return build(decoder.init(jax.random.fold_in(jax.random.key(seed), 0), model), seed)
-
-        if init_params is None:
-            abstract_state = jax.eval_shape(fresh, tc.seed)
-        else:
-            abstract_state = jax.eval_shape(lambda p: build(p, tc.seed), init_params)
         first = next(iter(self.train_ds))
-        abstract_batch = {k: jax.ShapeDtypeStruct((tc.batch_size, *np.shape(v)[1:]), np.asarray(v).dtype)
-                          for k, v in first.items()}
-        self.sharded_step = shard_train_step(make_train_step(model, tc, optimizer), abstract_state, abstract_batch,
-                                             model, self.partitioner)
+        return first, self._local_val_batches(val_records, first)
+
+    def _new_state(self, params: PyTree, seed: int) -> TrainState:
+        return create_train_state(params, self.optimizer, jax.random.fold_in(jax.random.key(seed), 1))
+
+    def _fresh_state(self, seed: int) -> TrainState:
+        return self._new_state(decoder.init(jax.random.fold_in(jax.random.key(seed), 0), self.model_config), seed)
+
+    def _build_state(self, first: dict[str, np.ndarray], init_params: PyTree | None) -> TrainState:
+        """The optimiser and the sharded train step; returns the abstract train state it was built for."""
+        tc = self.train_config
+        self.optimizer = make_optimizer(tc)
+        if init_params is None:
+            abstract_state = jax.eval_shape(self._fresh_state, tc.seed)
+        else:
+            abstract_state = jax.eval_shape(lambda p: self._new_state(p, tc.seed), init_params)
+        self.sharded_step = shard_train_step(make_train_step(self.model_config, tc, self.optimizer), abstract_state,
+                                             global_spec(first, tc.batch_size), self.model_config, self.partitioner)
         self.step_fn = self.sharded_step
-        eval_step = make_eval_step(model, tc)
-        self.eval_fn, _, _ = shard_eval_step(
+        return abstract_state
+
+    def _build_eval(self, abstract_state: TrainState, local_val: list[dict[str, np.ndarray]]) -> None:
+        """The sharded eval step, the validation batches on the mesh, their keys and scored-token weights."""
+        tc = self.train_config
+        self.val_data, self.eval_keys, self.val_weights = [], [], []
+        if not local_val:
+            return
+        eval_step = make_eval_step(self.model_config, tc)
+        self.eval_fn, _, val_shardings = shard_eval_step(
             lambda params, batch, key_data: eval_step(params, batch, jax.random.wrap_key_data(key_data)),
-            abstract_state.params, abstract_batch, model, self.partitioner, num_replicated_args=1,
+            abstract_state.params, global_spec(local_val[0], tc.batch_size), self.model_config, self.partitioner,
+            num_replicated_args=1,
         )
         eval_key = jax.random.fold_in(jax.random.key(tc.seed), 2)
         self.eval_keys = [np.asarray(jax.random.key_data(jax.random.fold_in(eval_key, i)))
                           for i in range(len(local_val))]
-        self.val_data = [self.sharded_step.shard_batch(b, global_batch_size=tc.batch_size) for b in local_val]
+        self.val_data = [shard_batch(b, val_shardings, tc.batch_size) for b in local_val]
+        counts = allgather_json([pipeline.scored_tokens(b) for b in local_val])
+        self.val_weights = [sum(c) for c in zip(*counts, strict=True)]
+
+    def _restore(self, abstract_state: TrainState, init_params: PyTree | None) -> None:
+        """The checkpointer and the state: the latest checkpoint (and data position) if resuming, else a new one."""
+        ck, seed = self.exp.checkpoint, self.train_config.seed
         self.ckpt = Checkpointer(ck.dir or self.out_dir / "checkpoints", keep=ck.keep, every=ck.every,
                                  async_save=ck.async_save)
         self.train_iter = iter(self.train_ds)
+        self.resumed_from: int | None = None  # the checkpoint step this run continues from
         if ck.resume and self.ckpt.latest_step() is not None:
             template = abstract_with_shardings(abstract_state, self.sharded_step.state_shardings)
-            self.state, saved = self.ckpt.restore(template, model_config=model)
+            self.state, saved = self.ckpt.restore(template, model_config=self.model_config)
             self.train_iter.set_state(pick_data_state(saved, self.data_shard))
+            self.resumed_from = int(jax.device_get(self.state.step))
         elif init_params is None:
-            self.state = self.sharded_step.init_state(fresh, tc.seed)  # born sharded, same values on any mesh
+            self.state = self.sharded_step.init_state(self._fresh_state, seed)  # born sharded, same on any mesh
         else:
             placed = put_global(init_params, self.sharded_step.param_shardings)
-            self.state = self.sharded_step.init_state(lambda p: build(p, tc.seed), placed)
-        self._stop = threading.Event()
+            self.state = self.sharded_step.init_state(lambda p: self._new_state(p, seed), placed)
 
     # ---- pieces -----------------------------------------------------------------------------
+    def _local_val_batches(self, records: Any, template: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """This process's validation batches, as many on every process (a shard short of batches adds unscored ones)."""
+        tc, rows = self.train_config, pipeline.shard_rows(self.train_config, self.data_shard)
+        local = []
+        if len(records):
+            ds = pipeline.make_dataset(records, self.exp.data, tc, self.tokenizer, split="val", shard=self.data_shard)
+            local = pipeline.val_batches(ds, tc.eval_batches, rows)
+        missing = max(allgather_json(len(local))) - len(local)
+        if missing:
+            local += [pipeline.unscored(local[0] if local else pipeline.fill_rows(template, rows))] * missing
+        return local
+
     def evaluate(self, params: Any) -> float | None:
-        """Mean validation ELBO (per token; exact NLL for AR) over the fixed validation batches."""
+        """Validation ELBO per scored token (exact NLL for AR) over the fixed validation batches; None without any."""
         if not self.val_data:
             return None
         pairs = zip(self.val_data, self.eval_keys, strict=True)
         vals = [float(self.eval_fn(params, batch, key)["val_elbo"]) for batch, key in pairs]
-        return float(np.mean(vals))
+        return float(np.average(vals, weights=self.val_weights))
 
     def meta(self) -> dict[str, Any]:
         return {"model": self.model_config.to_dict(), "train": dataclasses.asdict(self.train_config),
@@ -263,9 +335,23 @@ class Trainer:
         return sync and bool(np.any(multihost_utils.process_allgather(np.array(self._stop.is_set()))))
 
     # ---- the loop ---------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """True when the restored checkpoint is already at (or past) `max_steps`: `run` has nothing to train."""
+        return self.resumed_from is not None and self.resumed_from >= self.train_config.max_steps
+
     def run(self) -> TrainResult:
-        """Train to `max_steps` (or until SIGTERM, which checkpoints and returns), then evaluate and save."""
+        """Train to `max_steps` (or until SIGTERM, which checkpoints and returns), then evaluate and save.
+
+        A run whose checkpoint is already finished trains and logs nothing (it only exports the
+        model folder if that is missing). On process 0 the loss curve is drawn into `loss.png`.
+        """
         tc = self.train_config
+        if self.finished:
+            missing = allgather_json(not (self.out_dir / "model").is_dir())[0]
+            if missing and self.exp.checkpoint.export:
+                self._export()
+            return TrainResult(self.state, self.model_config, self.tokenizer, [], self.out_dir)
         start = int(jax.device_get(self.state.step))
         log = None
         if is_primary():
@@ -294,8 +380,10 @@ class Trainer:
                     record = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     if not math.isfinite(record["loss"]):
                         raise FloatingPointError(f"loss is {record['loss']} at step {step}; stopping (no checkpoint)")
-                if tc.eval_every and step % tc.eval_every == 0 and step != tc.max_steps:
-                    record["val_elbo"] = self.evaluate(self.state.params)
+                if (tc.eval_every and step % tc.eval_every == 0) or step == tc.max_steps:
+                    val = self.evaluate(self.state.params)
+                    if val is not None:
+                        record["val_elbo"] = val
                 if record:
                     record = {"step": step, **record}
                     history.append(record)
@@ -306,13 +394,6 @@ class Trainer:
                 if self._should_stop(logged or self.ckpt.should_save(step)):
                     interrupted = True
                     break
-            if not interrupted:
-                val = self.evaluate(self.state.params)
-                if val is not None:
-                    record = {"step": int(jax.device_get(self.state.step)), "val_elbo": val}
-                    history.append(record)
-                    if log is not None:
-                        log.write(record)
             if self.exp.checkpoint.every > 0 or self.exp.checkpoint.dir or interrupted:
                 self.save(force=True)
             self.ckpt.wait()
@@ -321,19 +402,24 @@ class Trainer:
                 log.close()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+        if is_primary():
+            plot_loss(self.out_dir / "metrics.jsonl")
         if not interrupted and self.exp.checkpoint.export:
             self._export()
         return TrainResult(self.state, self.model_config, self.tokenizer, history, self.out_dir, interrupted)
 
     def _export(self) -> None:
-        """Final model as a native dlm_jax folder (+ the built-in tokenizer) for `generate`/`eval`.
+        """Final model as a native dlm_jax folder that `generate`, `chat` and `eval` open on their own.
 
+        Beside the weights: the tokenizer as HF files (the built-in word/char one too) and
+        `dlm_jax_training.json`, the data/task settings of this run (`eval`'s task defaults).
         Collective: process 0 makes the temporary folder, every process joins orbax's save of the
         gathered (host, unsharded) parameters, and process 0 renames the folder into place once the
         save completed. Unsharded, so it loads on any device layout.
         """
-        from conversion.engine import atomic_output_dir
         from dlm_jax import checkpoint_io
+        from dlm_jax.data.training_record import write_training_record
+        from dlm_jax.output_dir import atomic_output_dir
 
         with contextlib.ExitStack() as stack:
             tmp = None
@@ -341,8 +427,11 @@ class Trainer:
                 tmp = stack.enter_context(atomic_output_dir(self.out_dir / "model", overwrite=True))
             tmp = pathlib.Path(allgather_json(str(tmp))[0])
             checkpoint_io.save_native(tmp, self.model_config, host_copy(self.state.params), None)
-            if is_primary() and isinstance(self.tokenizer, SimpleTokenizer):
-                self.tokenizer.save(tmp / "tokenizer.json")
+            if is_primary():
+                self.tokenizer.save_pretrained(tmp)
+                write_training_record(tmp, data=dataclasses.asdict(self.exp.data), seq_len=self.train_config.seq_len,
+                                      objective=self.train_config.objective,
+                                      steps=int(jax.device_get(self.state.step)))
         if is_primary():
             (self.out_dir / "summary.json").write_text(json.dumps(
                 {"steps": int(jax.device_get(self.state.step)), "model": self.model_config.to_dict(),

@@ -1,1 +1,0 @@
-"""Checkpoint converters between HF/PyTorch folders and dlm_jax parameter trees."""
