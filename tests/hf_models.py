@@ -104,3 +104,24 @@ def save_tokenizer(folder: pathlib.Path) -> None:
     )
     fast.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
     fast.save_pretrained(folder)
+
+
+def dream_with_word_tokenizer(data_dir: pathlib.Path, folder: pathlib.Path, chat_template: str | None = None):
+    """The tiny Dream parity checkpoint copied to `folder` plus a word-level HF tokenizer whose ids match it:
+    w0..w295, then <|endoftext|> 296, <|bos|> 297, <|pad|> 298, <|mask|> 299."""
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    shutil.copytree(data_dir / "parity" / "dream" / "model", folder)
+    vocab = {f"w{i}": i for i in range(296)}
+    vocab.update({"<|endoftext|>": 296, "<|bos|>": 297, "<|pad|>": 298, "<|mask|>": 299})
+    core = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", bos_token="<|bos|>",
+                                  pad_token="<|pad|>", mask_token="<|mask|>")
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    tok.save_pretrained(folder)
+    return folder

@@ -3,8 +3,8 @@ mc_batch_size = min(mc_num, 32); its results JSON is strict JSON and --output is
 
 import json
 import math
-import shutil
 
+import hf_models
 import pytest
 from cli_checks import assert_one_line_error, run_cli
 
@@ -16,20 +16,7 @@ from dlm_jax.evaluation.generation import effective_sampler
 @pytest.fixture(scope="module")
 def model_dir(data_dir, tmp_path_factory):
     """The tiny Dream checkpoint plus a word-level HF tokenizer whose ids match it (w0..w295 + specials)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("eval_settings") / "model"
-    shutil.copytree(data_dir / "parity" / "dream" / "model", folder)
-    vocab = {f"w{i}": i for i in range(296)}
-    vocab.update({"<|endoftext|>": 296, "<|bos|>": 297, "<|pad|>": 298, "<|mask|>": 299})
-    core = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token="<|endoftext|>", bos_token="<|bos|>", pad_token="<|pad|>",
-        mask_token="<|mask|>",
-    ).save_pretrained(folder)
-    return folder
+    return hf_models.dream_with_word_tokenizer(data_dir, tmp_path_factory.mktemp("eval_settings") / "model")
 
 
 def strict_load(path):

@@ -5,9 +5,9 @@ flags or model_args, by design."""
 
 import io
 import json
-import shutil
 import types
 
+import hf_models
 import numpy as np
 import pytest
 from cli_checks import run_cli
@@ -41,19 +41,7 @@ VALUES = {"dream": DREAM_VALUES, "llada": LLADA_VALUES}
 def model_dir(data_dir, tmp_path_factory):
     """The tiny Dream checkpoint plus a word-level tokenizer (w0..w295 + specials, EOS 296) with a chat template,
     and a two-fact file for the reverse_curse task."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("settings") / "model"
-    shutil.copytree(data_dir / "parity" / "dream" / "model", folder)
-    vocab = {f"w{i}": i for i in range(296)}
-    vocab.update({"<|endoftext|>": EOS, "<|bos|>": 297, "<|pad|>": 298, "<|mask|>": 299})
-    core = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", bos_token="<|bos|>",
-                                  pad_token="<|pad|>", mask_token="<|mask|>")
-    tok.chat_template = TEMPLATE
-    tok.save_pretrained(folder)
+    folder = hf_models.dream_with_word_tokenizer(data_dir, tmp_path_factory.mktemp("settings") / "model", TEMPLATE)
     facts = folder.parent / "facts.jsonl"
     facts.write_text("".join(json.dumps({"name": f"w{i} w{i + 1}", "description": f"w{i + 9} w7"}) + "\n"
                              for i in (10, 20)))

@@ -2,8 +2,8 @@
 
 import io
 import json
-import shutil
 
+import hf_models
 import numpy as np
 import pytest
 
@@ -20,26 +20,7 @@ TEMPLATE = (
 @pytest.fixture(scope="module")
 def model_dir(data_dir, tmp_path_factory):
     """A copy of the Dream parity checkpoint plus a 300-word tokenizer whose ids match the model's."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("dream_tok") / "model"
-    shutil.copytree(data_dir / "parity" / "dream" / "model", folder)
-    vocab = {f"w{i}": i for i in range(296)}
-    vocab.update({"<|endoftext|>": 296, "<|bos|>": 297, "<|pad|>": 298, "<|mask|>": 299})
-    core = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        eos_token="<|endoftext|>",
-        bos_token="<|bos|>",
-        pad_token="<|pad|>",
-        mask_token="<|mask|>",
-    )
-    tok.chat_template = TEMPLATE
-    tok.save_pretrained(folder)
-    return folder
-
+    return hf_models.dream_with_word_tokenizer(data_dir, tmp_path_factory.mktemp("dream_tok") / "model", TEMPLATE)
 
 @pytest.fixture(scope="module")
 def api(model_dir):

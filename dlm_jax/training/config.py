@@ -11,7 +11,7 @@ import yaml
 
 from dlm_jax import presets
 from dlm_jax.data.config import DataConfig, check_choice
-from dlm_jax.models.config import ModelConfig
+from dlm_jax.models.config import ModelConfig, split_pairs
 
 OBJECTIVES = ("mdm", "sft", "diffullama", "dream", "ar")
 TIME_SAMPLINGS = ("uniform", "antithetic", "stratified")
@@ -250,18 +250,19 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
-    """`["train.lr=1e-4", "model=smdm_19m"]` -> `[("train.lr", 1e-4), ("model", "smdm_19m")]` (YAML-typed)."""
+def parse_dotted_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
+    """`["train.lr=1e-4", "model=smdm_19m"]` -> `[("train.lr", 1e-4), ("model", "smdm_19m")]` (YAML-typed).
+
+    Experiment overrides address any section by a dotted key, so values are typed by YAML here and checked
+    against the section's fields when applied (`models.config.parse_overrides` types a model's runtime fields).
+    """
     out = []
-    for pair in pairs:
-        if "=" not in pair:
-            raise OverrideError(f"--set {pair}: expected KEY=VALUE, e.g. train.lr=1e-4")
-        key, raw = pair.split("=", 1)
+    for key, raw in split_pairs(pairs, "--set"):
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
-            raise OverrideError(f"--set {pair}: {raw!r} is not a valid value") from None
-        out.append((key.strip(), value))
+            raise OverrideError(f"--set {key}={raw}: {raw!r} is not a valid value") from None
+        out.append((key, value))
     return out
 
 
@@ -292,7 +293,7 @@ def experiment_from_dict(data: dict[str, Any], overrides: list[str] | None = Non
     unknown = sorted(set(data) - set(_TOP_KEYS))
     if unknown:
         raise ValueError(f"unknown config section(s) {unknown}; known sections: {list(_TOP_KEYS)}")
-    for key, value in parse_overrides(overrides or []):
+    for key, value in parse_dotted_overrides(overrides or []):
         _set_dotted(data, key, value)
         _check_override(key, value)
     if "model" not in data:
