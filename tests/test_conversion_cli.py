@@ -196,7 +196,7 @@ def test_outputs_follow_the_umask(src, tmp_path, capsys, umask, file_mode, dir_m
 
 
 def test_a_failed_conversion_leaves_nothing_behind(src, tmp_path, capsys, monkeypatch):
-    from conversion import engine
+    from dlm_jax.conversion import engine
 
     def disk_full(*args, **kwargs):
         raise ValueError("disk full")

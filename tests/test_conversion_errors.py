@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from conversion import engine
 from dlm_jax import DiffusionLM
 from dlm_jax.cli import main
+from dlm_jax.conversion import engine
 from dlm_jax.conversion.tensor_io import ConversionError, WeightStore, write_safetensors
 from tests.hf_models import build, save
 

@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from benchmarks.scale_7b import Shape, write_random_dream
-from conversion import hf_reader
 from dlm_jax import DiffusionLM, checkpoint_io
 from dlm_jax.checkpoint_io.zarr_params import CHUNK_BYTES
+from dlm_jax.conversion import hf_reader
 from dlm_jax.conversion.tensor_io import WeightStore
 from tests.cli_checks import assert_one_line_error, run_cli
 from tests.hf_models import build, save

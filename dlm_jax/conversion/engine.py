@@ -126,7 +126,14 @@ def import_hf(
     `dtype=None` keeps the dtype the weights are stored in (that of the token embedding).
 
     Example:
-        >>> config, params, hf_config = import_hf("Dream-v0-Base-7B", dtype="bfloat16")
+        >>> import jax
+        >>> from dlm_jax import DiffusionLM, ModelConfig
+        >>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+        ...                   mask_token_id=63)
+        >>> folder = DiffusionLM.init(cfg).save_pretrained("tiny_hf", format="hf")
+        >>> config, params, hf_config = import_hf(folder, dtype="bfloat16")
+        >>> config.hidden_size, hf_config["model_type"], {str(x.dtype) for x in jax.tree.leaves(params)}
+        (32, 'llama', {'bfloat16'})
     """
     config, leaves, hf_config = open_hf(folder, dtype, **overrides)
     return config, materialize(leaves), hf_config
