@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 # Everything: the tests and the docstring examples of the library (under 12 minutes on 2 cores).
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --durations=15 --doctest-modules tests dlm_jax
+	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=15 --doctest-modules tests dlm_jax
 
 # The inner loop: skips the tests marked slow (multi-process, end-to-end runs, the README's commands).
 test-fast: $(STAMP)

@@ -31,7 +31,7 @@ def kernel_name(tmp_path_factory):
         os.environ["JUPYTER_PATH"] = old
 
 
-@pytest.mark.parametrize("name", ["quickstart.ipynb", "train_and_eval.ipynb"])
+@pytest.mark.parametrize("name", ["quickstart.ipynb", pytest.param("train_and_eval.ipynb", marks=pytest.mark.slow)])
 def test_notebook_runs_and_is_stripped(name, kernel_name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")

@@ -71,6 +71,7 @@ def _same_init(trainer, init):
     chex.assert_trees_all_equal(jax.device_get(trainer.state.params), init)
 
 
+@pytest.mark.slow
 def test_meshes_match_one_device_and_resume_onto_another_mesh(reference, tmp_path):
     init, ref = reference
     ref_curve = _curve(ref)
