@@ -4,7 +4,9 @@ Both decode the same random Dream-shaped model (weights exported from dlm_jax to
 into `Qwen2ForCausalLM` with an all-attend 4-D mask) with the same greedy algorithm; the script
 asserts identical tokens, then reports tokens/s, the ratio, dlm_jax compile time, and model FLOP/s
 as a fraction of this machine's measured float32 matmul rate. Prints a table, writes JSON. The
-PyTorch port is tests/torch_reference.py, which the tests check dlm_jax against too.
+PyTorch port is tests/torch_reference.py, which the tests check dlm_jax against too. Timing follows
+benchmarks/timing.py: dlm_jax and PyTorch at 1 thread and at all cores run in alternating phases, each
+phase records the load, and a run on a busy machine is marked not publishable.
 
     .venv/bin/python benchmarks/sampler.py --layers 4 --hidden 256 --vocab 8192 --new 256 --steps 64
 
@@ -24,10 +26,12 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import Recorder, verdict
 
 from dlm_jax.api import DiffusionLM
 from dlm_jax.models import decoder
@@ -131,7 +135,7 @@ def _identity_hook(step, x, logits):
     return x
 
 
-def step_times(a: argparse.Namespace, cfg: ModelConfig, params, ids: np.ndarray) -> None:
+def step_times(a: argparse.Namespace, cfg: ModelConfig, params, ids: np.ndarray, rec: Recorder) -> None:
     """Milliseconds per sampler step of dlm_jax for each alg in `a.step_time` (variants interleaved per repeat).
 
     Each alg runs twice: as users run it (LM head and statistics on packed rows) and with an identity
@@ -145,26 +149,32 @@ def step_times(a: argparse.Namespace, cfg: ModelConfig, params, ids: np.ndarray)
             fn = loop._generate.lower(*args, config=cfg, gen=gen).compile()
             fn(*args).sequences.block_until_ready()
             compiled[f"{alg}, {variant}"] = fn
-    times = {name: [] for name in compiled}
-    for _ in range(a.repeats):
-        for name, fn in compiled.items():
+    def ms_per_step(fn) -> Callable[[], float]:
+        def phase() -> float:
             start = time.perf_counter()
             fn(*args).sequences.block_until_ready()
-            times[name].append((time.perf_counter() - start) / a.steps * 1e3)
+            return (time.perf_counter() - start) / a.steps * 1e3
+
+        return phase
+
+    times = rec.interleave({name: ms_per_step(fn) for name, fn in compiled.items()}, a.repeats)
     load = os.getloadavg()
     width = max(len(name) for name in times)
     print(f"{'alg, variant':<{width}} | best ms/step | all ms/step")
     for name, ms in times.items():
         print(f"{name:<{width}} | {min(ms):12.1f} | {' '.join(f'{t:.1f}' for t in ms)}")
     print("load average (1/5/15 min): " + " / ".join(f"{v:.1f}" for v in load))
+    timing = rec.summary()
+    print(verdict(timing))
     out = pathlib.Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": vars(a), "load_avg": load, "ms_per_step": times}, indent=1))
+    out.write_text(json.dumps({"config": vars(a), "load_avg": load, "ms_per_step": times, "timing": timing}, indent=1))
     print(f"wrote {out}")
 
 
 def main() -> None:
     a = parse_args()
+    rec = Recorder()
     cfg = dream_config(a)
     params = decoder.init(jax.random.key(0), cfg)
     params["lm_head"]["kernel"] = params["lm_head"]["kernel"] * a.head_scale
@@ -172,7 +182,7 @@ def main() -> None:
     ids = rng.integers(0, a.vocab - 3, size=(a.batch, a.prompt)).astype(np.int32)
     length = a.prompt + a.new
     if a.step_time:
-        step_times(a, cfg, params, ids)
+        step_times(a, cfg, params, ids, rec)
         return
 
     import torch
@@ -191,17 +201,27 @@ def main() -> None:
     jax_out = compiled(*args)
     thread_counts = [a.threads] if a.threads else sorted({1, os.cpu_count() or 1})
     dream_generate(net, ids, cfg.mask_token_id, a.new, 2, a.alg)  # warm-up (lazy init, allocator)
-    jax_times, by_threads = [], {n: [] for n in thread_counts}
-    for _ in range(a.repeats):  # interleaved, so all see the same machine load
+    outputs = {}
+
+    def run_jax() -> float:
         start = time.perf_counter()
-        jax_out = compiled(*args)
-        jax_out.sequences.block_until_ready()
-        jax_times.append(time.perf_counter() - start)
-        for n in thread_counts:
+        outputs["jax"] = compiled(*args)
+        outputs["jax"].sequences.block_until_ready()
+        return time.perf_counter() - start
+
+    def run_torch(n: int) -> Callable[[], float]:
+        def phase() -> float:
             torch.set_num_threads(n)
             start = time.perf_counter()
-            torch_seq = dream_generate(net, ids, cfg.mask_token_id, a.new, a.steps, a.alg)
-            by_threads[n].append(time.perf_counter() - start)
+            outputs["torch"] = dream_generate(net, ids, cfg.mask_token_id, a.new, a.steps, a.alg)
+            return time.perf_counter() - start
+
+        return phase
+
+    # interleaved (benchmarks/timing.py), so all sides see the same machine load; each phase records it
+    timed = rec.interleave({"jax": run_jax, **{f"torch_{n}t": run_torch(n) for n in thread_counts}}, a.repeats)
+    jax_times, jax_out, torch_seq = timed["jax"], outputs["jax"], outputs["torch"]
+    by_threads = {n: timed[f"torch_{n}t"] for n in thread_counts}
     threads = min(by_threads, key=lambda n: min(by_threads[n]))
     torch_times = by_threads[threads]
 
@@ -240,6 +260,7 @@ def main() -> None:
         "dlm_jax_head_rows_per_step": head_rows,
         "dlm_jax_executed_fraction_of_peak": executed / jax_s / 1e9 / machine_peak,
         "pytorch_fraction_of_peak": flops / torch_s / 1e9 / machine_peak,
+        "timing": rec.summary(),
     }
     rows = [
         ("tokens (batch x new)", f"{tokens}"),
@@ -260,6 +281,7 @@ def main() -> None:
     print(f"{'quantity':<{width}} | value\n{'-' * width}-|------")
     for key, value in rows:
         print(f"{key:<{width}} | {value}")
+    print(verdict(result["timing"]))
     out = pathlib.Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -3,16 +3,19 @@
 Same model (Qwen2 shape: q/k/v bias, GQA, SwiGLU, RMSNorm, RoPE, untied head), same batch, same
 loss (masked CE / p_mask / (B*L), t ~ U(0,1)), same optimiser (AdamW, clip 1.0), float32.
 PyTorch runs the model bidirectionally through a 4D all-attend attention mask.
-Prints a table and writes benchmarks/results/train_step.json.
+Timing follows benchmarks/timing.py: dlm-jax, PyTorch at 1 thread and PyTorch at all cores run in
+alternating phases (best phase each; the speed-up is against the faster PyTorch), every phase records
+the load, and a run on a busy machine is marked not publishable. `--breakdown` adds the forward loss
+and its `jax.grad` as two more interleaved sides (the grad / forward ratio). Prints a table and
+writes benchmarks/results/train_step.json.
 
-    .venv/bin/python benchmarks/train_step.py --hidden 256 --layers 4 --batch 8 --seq 256 --steps 10
+    .venv/bin/python benchmarks/train_step.py --steps 5 --breakdown
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import platform
 import time
@@ -20,13 +23,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import Recorder, torch_sides, verdict
 
 from dlm_jax.models import decoder
 from dlm_jax.models.config import ModelConfig
 from dlm_jax.training.config import TrainConfig
 from dlm_jax.training.optimizer import make_optimizer
 from dlm_jax.training.state import create_train_state
-from dlm_jax.training.step import make_train_step
+from dlm_jax.training.step import make_loss_fn, make_train_step
 
 EPS = 1e-3
 
@@ -40,10 +44,14 @@ def model_config(args) -> ModelConfig:
     )
 
 
+def train_config(args) -> TrainConfig:
+    return TrainConfig(objective="mdm", batch_size=args.batch, seq_len=args.seq, lr=1e-4, min_lr=1e-4,
+                       warmup_steps=0, weight_decay=0.1, clip=1.0, max_steps=1000)
+
+
 def jax_stepper(cfg: ModelConfig, args, ids: np.ndarray):
     """A zero-argument callable running one jitted MDM train step (compiled here), and facts about it."""
-    tc = TrainConfig(objective="mdm", batch_size=args.batch, seq_len=args.seq, lr=1e-4, min_lr=1e-4,
-                     warmup_steps=0, weight_decay=0.1, clip=1.0, max_steps=1000)
+    tc = train_config(args)
     params = jax.jit(lambda k: decoder.init(k, cfg))(jax.random.key(0))
     n = sum(x.size for x in jax.tree.leaves(params))
     box = {"state": create_train_state(params, make_optimizer(tc), 0)}
@@ -60,13 +68,33 @@ def jax_stepper(cfg: ModelConfig, args, ids: np.ndarray):
     return run, lambda m: float(jax.block_until_ready(m)["loss"]), info
 
 
+def jax_breakdown(cfg: ModelConfig, args, ids: np.ndarray) -> dict:
+    """Zero-argument callables for the MDM loss alone (forward) and its `jax.grad` (forward + backward), compiled."""
+    loss_fn = make_loss_fn(cfg, train_config(args))
+    params = jax.jit(lambda k: decoder.init(k, cfg))(jax.random.key(0))
+    batch = {"input_ids": jnp.asarray(ids)}
+
+    def loss(p, b):
+        return loss_fn(p, b, jax.random.key(1))[0]
+
+    out = {}
+    for name, fn in (("jax_forward", loss), ("jax_grad", jax.grad(loss))):
+        compiled = jax.jit(fn).lower(params, batch).compile()
+        out[name] = lambda c=compiled: c(params, batch)
+    return out
+
+
+def _blocked(result) -> float:
+    jax.block_until_ready(result)
+    return 0.0
+
+
 def torch_stepper(cfg: ModelConfig, args, ids: np.ndarray):
     """The same step in PyTorch: transformers Qwen2 made bidirectional by an all-attend 4D mask."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    torch.set_num_threads(os.cpu_count() or 1)
     hf = Qwen2Config(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
@@ -100,8 +128,7 @@ def torch_stepper(cfg: ModelConfig, args, ids: np.ndarray):
         opt.step()
         return loss
 
-    info = {"params": int(sum(p.numel() for p in model.parameters())), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+    info = {"params": int(sum(p.numel() for p in model.parameters())), "torch": torch.__version__}
     return step, lambda loss: float(loss.detach()), info
 
 
@@ -148,52 +175,66 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3, help="alternating timing phases per implementation")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating timing phases per side")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--breakdown", action="store_true", help="also time the forward loss and its grad (dlm-jax)")
     ap.add_argument("--unroll", action="store_true", help="ModelConfig.scan_layers=False (unrolled layer loop)")
     ap.add_argument("--out", default="benchmarks/results/train_step.json")
     args = ap.parse_args()
+    rec = Recorder()
     cfg = model_config(args)
     ids = np.random.default_rng(0).integers(0, args.vocab - 1, size=(args.batch, args.seq)).astype(np.int32)
     tokens = args.batch * args.seq
-    res = {"args": vars(args), "device": str(jax.devices()[0]), "platform": platform.platform(),
-           "cpu_count": os.cpu_count()}
-    impls = {"jax": jax_stepper(cfg, args, ids)}
+    res = {"args": vars(args), "device": str(jax.devices()[0]), "platform": platform.platform()}
+
+    def phase(run, finish):
+        return lambda: time_phase(run, finish, args.steps, args.warmup)[0]
+
+    jax_run, jax_finish, res["jax"] = jax_stepper(cfg, args, ids)
+    sides = {"jax": phase(jax_run, jax_finish)}
+    if args.breakdown:
+        sides.update({name: phase(run, _blocked) for name, run in jax_breakdown(cfg, args, ids).items()})
     if not args.skip_torch:
-        impls["torch"] = torch_stepper(cfg, args, ids)
-    # Alternate the two phases `repeats` times and keep each side's best: robust to a shared, busy machine.
-    for name, (_, _, info) in impls.items():
-        res[name] = dict(info, sec_per_step=float("inf"), phases=[])
-    for _ in range(args.repeats):
-        for name, (run, finish, _) in impls.items():
-            sec, loss = time_phase(run, finish, args.steps, args.warmup)
-            res[name]["phases"].append(sec)
-            res[name]["sec_per_step"] = min(res[name]["sec_per_step"], sec)
-            res[name]["loss"] = loss
+        torch_run, torch_finish, res["torch"] = torch_stepper(cfg, args, ids)
+        sides.update(torch_sides(phase(torch_run, torch_finish)))
+    peaks = [matmul_rate(dtype=args.dtype)]
+    phases = rec.interleave(sides, args.repeats)
+    peaks.append(matmul_rate(dtype=args.dtype))
     flops = model_flops_per_step(cfg, args.batch, args.seq)
-    peak = matmul_rate(dtype="bfloat16" if args.dtype == "bfloat16" else "float32")
-    res["model_flops_per_step"] = flops
-    res["matmul_flops_per_s"] = peak
+    peak = max(peaks)
+    res.update(model_flops_per_step=flops, matmul_flops_per_s=peak, matmul_samples=peaks)
     rows = []
-    for name in ("jax", "torch"):
-        if name in res:
-            r = res[name]
-            r["tokens_per_s"] = tokens / r["sec_per_step"]
-            r["model_flops_per_s"] = flops / r["sec_per_step"]
-            r["share_of_matmul_rate"] = r["model_flops_per_s"] / peak
+    for name, times in phases.items():
+        sec = min(times)
+        r = res.setdefault(name, {})
+        r.update(sec_per_step=sec, phases=times)
+        if name == "jax" or name.startswith("torch_"):
+            r.update(tokens_per_s=tokens / sec, model_flops_per_s=flops / sec, share_of_matmul_rate=flops / sec / peak)
             rows.append((name, r))
-    if "torch" in res:
-        res["speedup_jax_over_torch"] = res["torch"]["sec_per_step"] / res["jax"]["sec_per_step"]
+    torch_names = [n for n in phases if n.startswith("torch_")]
+    if torch_names:
+        best = min(torch_names, key=lambda n: res[n]["sec_per_step"])
+        res["torch_best"] = best
+        res["speedup_jax_over_torch"] = res[best]["sec_per_step"] / res["jax"]["sec_per_step"]
+    if args.breakdown:
+        res["grad_over_forward"] = res["jax_grad"]["sec_per_step"] / res["jax_forward"]["sec_per_step"]
+    res["timing"] = rec.summary()
     print(f"model: {res['jax']['params']:,} params, batch {args.batch} x seq {args.seq}, {args.dtype}, "
-          f"device {res['device']}; measured matmul rate {peak / 1e9:.1f} GFLOP/s")
-    print(f"{'impl':6s} {'ms/step':>9s} {'tokens/s':>10s} {'model GFLOP/s':>14s} {'% matmul':>9s} {'loss':>8s}")
+          f"scan_layers={cfg.scan_layers}, device {res['device']}; measured matmul rate {peak / 1e9:.1f} GFLOP/s")
+    print(f"{'side':9s} {'ms/step':>9s} {'tokens/s':>10s} {'model GFLOP/s':>14s} {'% matmul':>9s}  phases (ms)")
     for name, r in rows:
+        phases_ms = " ".join(f"{t * 1e3:.0f}" for t in r["phases"])
         gflops = r["model_flops_per_s"] / 1e9
-        print(f"{name:6s} {r['sec_per_step'] * 1e3:9.1f} {r['tokens_per_s']:10.0f} {gflops:14.2f} "
-              f"{100 * r['share_of_matmul_rate']:8.1f}% {r['loss']:8.3f}")
+        print(f"{name:9s} {r['sec_per_step'] * 1e3:9.1f} {r['tokens_per_s']:10.0f} {gflops:14.2f} "
+              f"{100 * r['share_of_matmul_rate']:8.1f}%  {phases_ms}")
     if "speedup_jax_over_torch" in res:
-        print(f"speed-up (jax / torch tokens per second): {res['speedup_jax_over_torch']:.2f}x")
+        print(f"speed-up (jax / best torch = {res['torch_best']}, tokens per second): "
+              f"{res['speedup_jax_over_torch']:.2f}x")
+    if args.breakdown:
+        print(f"forward loss {res['jax_forward']['sec_per_step'] * 1e3:.1f} ms, grad "
+              f"{res['jax_grad']['sec_per_step'] * 1e3:.1f} ms: grad / forward {res['grad_over_forward']:.2f}x")
+    print(verdict(res["timing"]))
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))

@@ -94,13 +94,13 @@ def llama(folder: pathlib.Path, vocab_size: int, mask_token_id: int | None, seed
     return folder
 
 
-def gpt2(folder: pathlib.Path, seed: int = 0) -> pathlib.Path:
+def gpt2(folder: pathlib.Path, seed: int = 0, n_positions: int = 1024) -> pathlib.Path:
     """A tiny random GPT-2 (vocab 256: <|endoftext|> 254, an added <|mask|> 255) with its tokenizer."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=256, n_embd=32, n_layer=2, n_head=4, n_positions=1024, bos_token_id=254,
+    cfg = GPT2Config(vocab_size=256, n_embd=32, n_layer=2, n_head=4, n_positions=n_positions, bos_token_id=254,
                      eos_token_id=254, mask_token_id=255)
     GPT2LMHeadModel(cfg).save_pretrained(folder)
     word_tokenizer(folder, 256, {"<|endoftext|>": 254, "<|mask|>": 255},

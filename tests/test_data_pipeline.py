@@ -21,7 +21,7 @@ def test_malformed_json_line_names_file_and_line(tmp_path):
     f = tmp_path / "bad.jsonl"
     f.write_text('{"text": "ok"}\n\n{"text": oops}\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:3: malformed JSON"):
-        sources.JsonlSource(str(f))
+        sources.JsonlSource(str(f))[1]  # records are parsed lazily, when read
 
 
 def test_missing_dataset_path_is_a_clear_error(tmp_path):

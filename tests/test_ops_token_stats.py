@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from dlm_jax.ops.pallas.token_stats import pallas_token_stats
-from dlm_jax.ops.token_stats import gumbel_noise, token_stats, top_two, xla_token_stats
+from dlm_jax.ops.stats_common import FILL, filter_cutoff
+from dlm_jax.ops.token_stats import gumbel_noise, token_stats, top_k_filter, top_p_filter, top_two, xla_token_stats
 
 REL = 1e-5  # confidences, float32, relative (the issue's bar)
 
@@ -109,3 +110,36 @@ def test_gumbel_max_samples_from_softmax():
     assert float(jnp.mean(other == s.token)) < 0.5  # a different key gives different draws
     g = np.asarray(gumbel_noise(jax.random.key(0), 200, 500)).ravel()
     assert abs(g.mean() - 0.5772) < 0.02 and abs(g.var() - np.pi**2 / 6) < 0.1  # Gumbel(0,1) moments
+
+
+def _tied_logits(seed):
+    """21 rows x 300 vocab with runs of equal logits: integer-valued rows, a flat row, a row with one finite logit."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 7, 300)).astype(np.float32) * 3.0
+    x[0, :4] = rng.integers(0, 4, size=(4, 300)).astype(np.float32)  # small integers: ties at every cutoff
+    x[1, 0] = 1.5  # flat: top-p cuts a run of equal logits, by column order across vocab blocks
+    x[1, 1] = -np.inf
+    x[1, 1, 200] = 0.0  # one finite logit (as with forbidden ids): the margin is the whole probability
+    return x
+
+
+def test_pallas_top_p_top_k_cutoff_matches_dream_filters():
+    """The kernel's per-row cutoff gives the tokens and confidences of Dream's filtered softmax, ties included."""
+    x = jnp.asarray(_tied_logits(7))
+    key = jax.random.key(3)
+    for top_p, top_k, temperature, sample in ((None, 50, None, False), (0.8, 5, 1.3, True)):
+        kw = dict(temperature=temperature, key=key if sample else None, top_p=top_p, top_k=top_k)
+        got = pallas_token_stats(x, block_rows=24, block_vocab=256, **kw)  # one row block, two vocab blocks
+        want = xla_token_stats(x, **kw)
+        np.testing.assert_array_equal(np.asarray(got.token), np.asarray(want.token))
+        for name in ("prob", "margin", "neg_entropy"):
+            _close(getattr(got, name), getattr(want, name))
+        unfiltered = xla_token_stats(x, temperature=temperature, key=kw["key"])
+        assert float(jnp.mean(want.neg_entropy > unfiltered.neg_entropy + 1e-3)) > 0.5  # the filters really act
+    z = jnp.asarray(_tied_logits(7)).reshape(21, 300)
+    value, column = filter_cutoff(z, 0.5, None)
+    kept = np.asarray(top_p_filter(z, 0.5) > FILL)
+    assert int(column[7]) == kept[7].sum() - 1 and float(value[7]) == 1.5  # the flat row: a prefix of the tied run
+    assert 0 < kept[7].sum() < 300
+    kth = filter_cutoff(z, None, 5)[0][:, None]  # top-k alone: every logit >= the k-th largest, ties included
+    np.testing.assert_array_equal(np.asarray(top_k_filter(z, 5) == z), np.asarray(z >= kth))

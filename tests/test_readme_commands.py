@@ -97,6 +97,9 @@ ROWS = [
     Row(r"dlm-jax eval --model Dream-v0-Base-7B --tasks gsm8k .*", DREAM, extra=("--limit", "2"),
         standins=("Dream-v0-Base-7B", "gsm8k_test.jsonl"), makes=("results/gsm8k.json",)),
     Row(r"dlm-jax convert --src my-llama .*", LLAMA, standins=("my-llama",), makes=("smdm_jax",)),
+    Row(r"dlm-jax convert --src (LLaDA-8B-Instruct|llada8b_jax|mdm-1028M-\S+|out/iter-\S+) .*",
+        skip="LLaDA/SMDM weights cannot be downloaded here; tests/test_conversion_seed_formats.py runs `convert` "
+        "both ways on tiny checkpoints in exactly those layouts"),
     Row(r"dlm-jax generate --model llada_dir .*", LLAMA, standins=("llada_dir", "prompts.jsonl"),
         makes=("out.jsonl",)),
     Row(r"dlm-jax eval --model smdm_jax --tasks perplexity .*", LLAMA, extra=("--limit", "2", "--mc-num", "32"),

@@ -20,21 +20,26 @@ from dlm_jax.sampling.config import KNOBS, UNSET, GenerateConfig
 
 TEMPLATE = "{% for m in messages %}w1 {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}w3{% endif %}"
 EOS = 296
-PYTHON_ONLY = {"output_history", "token_hook", "logits_hook"}
-# A value other than the default for every public knob (two sets: block_length and remasking need LLaDA's algs).
+PYTHON_ONLY = {"output_history", "step_callback", "token_hook", "logits_hook"}
+# A value other than the default for every public knob (three sets: block_length and remasking need LLaDA's algs,
+# and the parallel decoding rules exclude each other).
 DREAM_VALUES = {
     "max_new_tokens": 4, "steps": 2, "alg": "entropy", "temperature": 0.5, "top_p": 0.9, "top_k": 7, "alg_temp": 0.3,
     "eps": 0.01, "cfg_scale": 0.5, "logits_temp": 0.8, "forbid_mask_token": True, "vocab_limit": 290,
-    "suppress_tokens": (5, 6), "per_row_count": True, "suppress_eos": True,
+    "suppress_tokens": (5, 6), "per_row_count": True, "suppress_eos": True, "entropy_budget": 0.5,
 }
-LLADA_VALUES = {"max_new_tokens": 4, "steps": 2, "remasking": "random", "block_length": 2}
+LLADA_VALUES = {"max_new_tokens": 4, "steps": 2, "remasking": "random", "block_length": 2, "threshold": 0.8,
+                "cache": "dual", "cache_refresh": "step", "suffix_window": 3, "early_exit": True}
+FAST_VALUES = {"max_new_tokens": 4, "alg": "maskgit_plus", "block_length": 2, "factor": 2.0, "cache": "prefix"}
 EXPECTED = {
     "dream": GenerateConfig(max_new_tokens=4, steps=2, alg="entropy", temperature=0.5, top_p=0.9, top_k=7,
                             alg_temp=0.3, eps=0.01, cfg_scale=0.5, logits_temp=0.8, forbid_mask_token=True,
-                            vocab_limit=290, suppress_tokens=(5, 6, EOS), per_row_count=True),
-    "llada": GenerateConfig(max_new_tokens=4, steps=2, alg="random", block_length=2),
+                            vocab_limit=290, suppress_tokens=(5, 6, EOS), per_row_count=True, entropy_budget=0.5),
+    "llada": GenerateConfig(max_new_tokens=4, steps=2, alg="random", block_length=2, threshold=0.8, cache="dual",
+                            cache_refresh="step", suffix_window=3, early_exit=True),
+    "fast": GenerateConfig(max_new_tokens=4, alg="maskgit_plus", block_length=2, factor=2.0, cache="prefix", top_k=50),
 }
-VALUES = {"dream": DREAM_VALUES, "llada": LLADA_VALUES}
+VALUES = {"dream": DREAM_VALUES, "llada": LLADA_VALUES, "fast": FAST_VALUES}
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +132,7 @@ def test_every_front_end_starts_from_the_same_defaults(front_end, model_dir, rec
 
 
 @pytest.mark.parametrize("front_end", FRONT_ENDS)
-@pytest.mark.parametrize("family", ["dream", "llada"])
+@pytest.mark.parametrize("family", ["dream", "llada", "fast"])
 def test_a_value_given_through_any_front_end_reaches_the_sampler(front_end, family, model_dir, received, capsys,
                                                                    monkeypatch):
     with pytest.raises(Sampled):
@@ -138,7 +143,7 @@ def test_a_value_given_through_any_front_end_reaches_the_sampler(front_end, fami
 def test_each_public_knob_is_a_flag_model_arg_and_keyword_and_python_only_ones_are_not():
     public = {name for name, knob in KNOBS.items() if knob.parse is not None}
     assert public == set(KNOBS) - PYTHON_ONLY
-    assert set(DREAM_VALUES) | set(LLADA_VALUES) == public | {"remasking", "suppress_eos"}  # the tests cover all
+    assert set(DREAM_VALUES) | set(LLADA_VALUES) | set(FAST_VALUES) == public | {"remasking", "suppress_eos"}
     sub = build_parser()._subparsers._group_actions[0].choices
     for command in ("generate", "chat", "eval"):
         options = {o for action in sub[command]._actions for o in action.option_strings}

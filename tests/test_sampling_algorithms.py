@@ -7,10 +7,11 @@ import pytest
 
 from dlm_jax.api import DiffusionLM
 from dlm_jax.models import decoder
+from dlm_jax.ops.token_stats import top_k_filter, top_p_filter
 from dlm_jax.sampling import GenerateConfig, loop, rows
 from dlm_jax.sampling.algorithms import top_count
 from dlm_jax.sampling.schedules import dream_transfer_fractions, llada_transfer_count
-from dlm_jax.sampling.stats import position_stats, top_k_filter, top_p_filter
+from dlm_jax.sampling.stats import position_stats
 
 MASK, EOS = 299, 296
 
@@ -41,7 +42,7 @@ def _prompts(batch, length, seed=0):
         ({"max_new_tokens": 8, "steps": 8, "top_k": 0}, "top_k"),
         ({"max_new_tokens": 8, "steps": 8, "temperature": -1.0}, "temperature"),
         ({"max_new_tokens": 8, "steps": 8, "eps": 1.0}, "eps"),
-        ({"max_new_tokens": 8, "steps": 8, "block_length": 4}, "block_length"),
+        ({"max_new_tokens": 8, "steps": 8, "alg": "diffullama", "block_length": 4}, "block_length"),
     ],
 )
 def test_generate_config_rejects_bad_values(kwargs, match):

@@ -91,6 +91,9 @@ def test_chat_reads_turns_from_stdin_and_applies_the_template(model_dir, api, ca
     assert cli.main(["chat", "--model", str(model_dir), "--live", "--delay", "0", *SAMPLER]) == 0
     out = capsys.readouterr().out
     assert out.count("assistant> ") == 1 and f"assistant> {replies[0]}" in out
+    # piped output: the step callback prints each canvas while decoding runs; Dream's counts for 8 masks in 4 steps
+    frames = out[: out.index("assistant> ")].splitlines()
+    assert [frame.count(MASK_GLYPH) for frame in frames] == [7, 5, 3, 0]  # reveal 1, 2, 2, then the last 3
 
 
 def test_chat_needs_a_chat_template_and_renders_masks(data_dir, model_dir, api, tmp_path, capsys):

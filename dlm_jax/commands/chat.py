@@ -1,4 +1,4 @@
-"""`dlm-jax chat`: multi-turn chat with a live view of the canvas being denoised, step by step."""
+"""`dlm-jax chat`: multi-turn chat with a live view of the canvas as the model denoises it, step by step."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "chat",
         help="chat with a diffusion LM, watching each denoising step",
         description="Chat using the tokenizer's chat template. The whole reverse process runs in one compiled "
-        "call; the live view replays the canvas after every step (output_history).",
+        "call; the live view shows the canvas after every step while it runs (a host callback per step).",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--live", action=argparse.BooleanOptionalAction, default=None, help="live canvas (default: on a TTY)"
     )
-    p.add_argument("--delay", type=float, default=0.03, help="seconds per replayed step in the live view")
+    p.add_argument("--delay", type=float, default=0.0, help="pause (seconds) after each step shown in the live view")
     p.set_defaults(func=run)
 
 
@@ -61,6 +61,28 @@ def render_canvas(tokenizer: Any, ids: list[int], mask_id: int):
         if token is not None:
             text.append(MASK_GLYPH, style="dim")
     return text
+
+
+class LiveCanvas:
+    """The sampler's `step_callback` for the live view: draws the generated region after each step as it runs.
+
+    On a terminal the frames replace each other in a rich `Live` view (`view`); elsewhere (piped output)
+    each frame is printed on its own line. `start` is the prompt length of the current turn.
+    """
+
+    def __init__(self, console: Any, tokenizer: Any, mask_id: int, delay: float) -> None:
+        self.console, self.tokenizer, self.mask_id, self.delay = console, tokenizer, mask_id, delay
+        self.view: Any = None
+        self.start = 0
+
+    def __call__(self, step: Any, x: Any) -> None:
+        frame = render_canvas(self.tokenizer, [int(t) for t in x[0, self.start :]], self.mask_id)
+        if self.view is not None:
+            self.view.update(frame)
+        else:
+            self.console.print(frame, highlight=False)
+        if self.delay:
+            time.sleep(self.delay)
 
 
 def read_turns(stream) -> Iterator[str]:
@@ -92,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
     mask_id = model.config.require_mask_token()
     console = Console()
     live = sys.stdout.isatty() if args.live is None else args.live
-    settings = {**sampler_settings(args, model.config.eos_token_id, tokenizer), "output_history": live}
+    canvas = LiveCanvas(console, tokenizer, mask_id, args.delay)
+    settings = sampler_settings(args, model.config.eos_token_id, tokenizer)
+    settings["step_callback"] = canvas if live else None
     options = call_options(args, tokenizer)
     base = [] if args.system is None else [{"role": "system", "content": args.system}]
     messages = list(base)
@@ -105,12 +129,15 @@ def run(args: argparse.Namespace) -> int:
         prompt = template_ids(tokenizer, messages)
         context = model.config.max_position_embeddings
         new = settings.get("max_new_tokens") or default_max_new_tokens(args.model, context, len(prompt))
-        out = model.diffusion_generate([prompt], gen=build_config({**settings, "max_new_tokens": new}), **options)
-        if live:
+        gen = build_config({**settings, "max_new_tokens": new})
+        canvas.start = len(prompt)
+        if live and console.is_terminal:
             with Live(console=console, refresh_per_second=30, transient=True) as view:
-                for frame in out.history[:, 0, len(prompt) :]:
-                    view.update(render_canvas(tokenizer, frame.tolist(), mask_id))
-                    time.sleep(args.delay)
+                canvas.view = view
+                out = model.diffusion_generate([prompt], gen=gen, **options)
+            canvas.view = None
+        else:
+            out = model.diffusion_generate([prompt], gen=gen, **options)
         reply = out.texts[0]
         console.print(f"assistant> {reply}", markup=False, highlight=False)
         console.print(f"[dim]({int(out.nfe[0])} forward passes)[/dim]")

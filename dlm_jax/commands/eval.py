@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import pathlib
 
+from dlm_jax.commands.generate import MESH_HELP
+from dlm_jax.parallel.distributed import add_distributed_args
+
 EXAMPLE = """examples:
   dlm-jax eval --model dream7b_jax --tasks countdown3,sudoku --steps 24 --max-new-tokens 24 --alg entropy \\
       --output results/dream_planning.json
   dlm-jax eval --model Dream-v0-Base-7B --tasks gsm8k --data gsm8k=gsm8k_test.jsonl --num-fewshot 5 \\
       --max-new-tokens 256 --steps 256 --alg entropy --output results/gsm8k.json
   dlm-jax eval --model runs/tiny_mdm/model --tasks reverse_curse      # facts and canvas as the run trained
+  dlm-jax eval --model dream7b_jax --tasks countdown3 --mesh fsdp=4,tensor=2 --output results/countdown.json
+  python launch/local.py --num-processes 2 -- dlm-jax eval --model dream7b_jax --tasks countdown3 --mesh fsdp=-1
   dlm-jax eval --model runs/reverse/model --tasks reverse_curse --option num_facts=64 --option facts_seed=0
   dlm-jax eval --model smdm_jax --tasks perplexity --data perplexity=val.jsonl --estimator elbo --mc-num 128 \\
       --option seq_len=1024 --output results/ppl.json
@@ -22,6 +27,8 @@ V, and a model confidently wrong on text unlike its training rows scores worse (
 rows EOS-padded to train.seq_len and never see a bare sentence, so bare-text perplexity is in the thousands
 while the ELBO on their training rows is about 1.1 nats/token).
 results JSON is strict JSON: a value that cannot be computed is null, with its reason under null_reasons.
+several processes (--distributed, launch/local.py) run in lockstep: each runs every request on the one global
+--mesh, and process 0 prints and writes the results.
 """
 
 
@@ -40,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer folder/file (default: the model folder)")
     p.add_argument("--tasks", required=True, help="comma-separated task names")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--mesh", default=None, metavar="AXIS=SIZE,...", help=MESH_HELP)
     p.add_argument(
         "--set",
         action="append",
@@ -90,12 +98,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="also log the metrics to this wandb project (offline, with a note, when no API key is set)",
     )
+    add_distributed_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from dlm_jax.parallel.distributed import initialize_from_args, is_primary
+
+    initialize_from_args(args)  # joins a multi-process job (if any) before JAX sees a device
     from dlm_jax.api import DiffusionLM
     from dlm_jax.commands.generate import open_tokenizer
     from dlm_jax.commands.sampler_flags import given_flags, sampler_settings
@@ -136,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
             data_all = pathlib.Path(item)
     overrides = parse_overrides(args.set)
     tokenizer = open_tokenizer(args.model, args.tokenizer, needed=True)
-    model = DiffusionLM.from_pretrained(args.model, dtype=args.dtype, **overrides)
+    model = DiffusionLM.from_pretrained(args.model, dtype=args.dtype, mesh=args.mesh, **overrides)
     sampler = sampler_settings(args, model.config.eos_token_id, tokenizer)
     max_new_tokens = sampler.pop("max_new_tokens", None)
     ctx = EvalContext(
@@ -158,8 +170,11 @@ def run(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
         "tokenizer": str(args.tokenizer or args.model),
         **overrides,
+        **({} if args.mesh is None else {"mesh": args.mesh}),
     }
     results = evaluate_tasks(ctx, tasks, model_args=model_args, log_samples=args.log_samples, data_files=data_files)
+    if not is_primary():
+        return 0
     for name, entry in results["results"].items():
         shown = {
             k.split(",")[0]: round(v, 4) if isinstance(v, float) else v

@@ -15,12 +15,17 @@ EXAMPLE = """example:
   dlm-jax generate --model Dream-v0-Instruct-7B --prompt "The capital of France is" \\
       --max-new-tokens 64 --steps 64 --alg entropy --temperature 0.2 --top-p 0.95
   dlm-jax generate --model tests/data/parity/dream/model --prompt-ids 1,2,3 --max-new-tokens 8 --steps 8
+  dlm-jax generate --model dream7b_jax --prompt "Hello" --mesh fsdp=4,tensor=2     # sharded over 8 devices
   dlm-jax generate --model llada_dir --set logit_shift=false --remasking low_confidence --block-length 32 \\
       --input-jsonl prompts.jsonl --output-jsonl out.jsonl --batch-size 8
 JSONL input lines: {"prompt": "..."} or {"prompt_ids": [1, 2, 3]} (other keys are copied to the output).
 """
 
 
+MESH_HELP = (
+    "device mesh AXIS=SIZE,... over data,fsdp,tensor, e.g. fsdp=4,tensor=2 (default: one device): params placed "
+    "by the training sharding rules, the same tokens as on one device"
+)
 MAX_NEW_TOKENS_DEFAULT = (
     "the rest of the training row for a model trained by dlm-jax (its dlm_jax_training.json), else 64 "
     "(within the model's context)"
@@ -35,6 +40,7 @@ def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer folder or file (default: the model folder's)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="runtime config override")
+    p.add_argument("--mesh", default=None, metavar="AXIS=SIZE,...", help=MESH_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--until", action="append", default=[], help="stop string; the text is cut before it (repeatable)")
     add_sampler_flags(p, {"max_new_tokens": MAX_NEW_TOKENS_DEFAULT})
@@ -49,7 +55,7 @@ def load_model(args: argparse.Namespace):
     from dlm_jax.api import DiffusionLM
     from dlm_jax.models.config import parse_overrides
 
-    return DiffusionLM.from_pretrained(args.model, dtype=args.dtype, **parse_overrides(args.set))
+    return DiffusionLM.from_pretrained(args.model, dtype=args.dtype, mesh=args.mesh, **parse_overrides(args.set))
 
 
 def open_tokenizer(

@@ -1,9 +1,9 @@
 """One engine that walks a family's conversion table in either direction, one block at a time.
 
 A model is opened as a `Source`: its config plus one `Leaf` per parameter that reads any range of
-layers on demand (from an HF folder, a native folder or an in-memory tree). Conversions stream
-leaves straight from the source to the output (a native parameter folder written layer by layer,
-or safetensors written tensor by tensor), so no conversion holds the model in memory;
+layers on demand (from an HF folder, a native folder, an SMDM lit-gpt file or an in-memory tree).
+Conversions stream leaves straight from the source to the output (a native parameter folder written
+layer by layer, or safetensors written tensor by tensor), so no conversion holds the model in memory;
 `from_pretrained` assembles each leaf once, in its final dtype. Outputs are written to a temporary
 sibling folder and renamed into place at the end.
 """
@@ -22,6 +22,7 @@ import numpy as np
 from dlm_jax.checkpoint_io.leaves import Leaf, Path, leaves_of, materialize, return_freed_blocks_to_os
 from dlm_jax.checkpoint_io.zarr_params import WRITE_BUDGET_BYTES
 from dlm_jax.conversion.hf_reader import hf_leaves, hf_shape
+from dlm_jax.conversion.lit_gpt import LIT_GPT_EMBEDDING, open_lit_gpt_store
 from dlm_jax.conversion.side_files import copy_side_files
 from dlm_jax.conversion.tables import (
     IGNORED_HF_SUFFIXES,
@@ -139,13 +140,41 @@ def import_hf(
     return config, materialize(leaves), hf_config
 
 
-def open_model(folder: str | pathlib.Path, dtype: str | None = "float32", **overrides: Any) -> Source:
-    """An HF folder or a native dlm_jax folder as a `Source` (leaves in `dtype`; None keeps the stored one)."""
+def open_lit_gpt(
+    path: str | pathlib.Path, dtype: str | None = "float32", preset: str | None = None, **overrides: Any
+) -> Source:
+    """An SMDM lit-gpt checkpoint file (`.pth` / `.safetensors`) as a `Source`; see `dlm_jax.conversion.lit_gpt`.
+
+    `preset` (a shipped preset name or a YAML file) gives the shapes the file does not record; by
+    default the `smdm_*` preset whose shapes match. `dtype=None` keeps the stored dtype.
+    """
+    path = pathlib.Path(path)
+    _check_dtype(dtype)
+    _check_overrides(overrides)
+    config, store, rules = open_lit_gpt_store(path, preset)
+    dtype = dtype or _stored_dtype(store, LIT_GPT_EMBEDDING)
+    config = config.replace(**{"param_dtype": dtype, "compute_dtype": dtype, **overrides})
+    names = {k: k for k in store.keys()}
+    leaves = hf_leaves(path, store, names, config, NP_DTYPES[dtype], rules=rules, config_source=preset or "preset")
+    return Source(config, leaves, None)
+
+
+def open_model(
+    folder: str | pathlib.Path, dtype: str | None = "float32", preset: str | None = None, **overrides: Any
+) -> Source:
+    """An HF folder, a native dlm_jax folder or an SMDM lit-gpt file as a `Source` (leaves in `dtype`; None
+    keeps the stored one). `preset` names the ModelConfig of a lit-gpt file (see `open_lit_gpt`)."""
     from dlm_jax import checkpoint_io
 
     folder = pathlib.Path(folder)
     _check_dtype(dtype)
     _check_overrides(overrides)
+    if folder.is_file():
+        return open_lit_gpt(folder, dtype, preset, **overrides)
+    if preset is not None:
+        raise ConversionError(
+            f"--preset applies to an SMDM lit-gpt checkpoint file (.pth/.safetensors), not to the folder {folder}"
+        )
     if not checkpoint_io.is_native(folder):
         return open_hf(folder, dtype, **overrides)
     if dtype is not None:
@@ -179,7 +208,9 @@ def _hf_tensors(leaves: dict[Path, Leaf], config: ModelConfig, layer: int | None
     return out
 
 
-# Runtime fields HF's config.json spells the same way; `max_position_embeddings` is GPT-2's `n_positions`.
+# Runtime fields HF's config.json spells the same way; `max_position_embeddings` is GPT-2's `n_positions`
+# and LLaDA's `max_sequence_length`.
+_POSITIONS_KEY = {"gpt2": "n_positions", "llada": "max_sequence_length"}
 _DEFAULT_ATTENTION = ModelConfig.__dataclass_fields__["attention_mode"].default
 _HF_RUNTIME_KEYS = ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id", "logit_shift")
 
@@ -199,9 +230,7 @@ def hf_config_for(config: ModelConfig, hf_config: dict[str, Any] | None, dtype: 
             if getattr(config, key) != getattr(base, key):
                 out[key] = getattr(config, key)
         if config.max_position_embeddings != base.max_position_embeddings:
-            out["n_positions" if config.family == "gpt2" else "max_position_embeddings"] = (
-                config.max_position_embeddings
-            )
+            out[_POSITIONS_KEY.get(config.family, "max_position_embeddings")] = config.max_position_embeddings
     for key in [k for k in ("torch_dtype", "dtype") if k in out] or ["torch_dtype"]:
         out[key] = dtype
     extra = {k: v for k, v in (out.get("dlm_jax") or {}).items() if k != "attention_mode"}
@@ -284,9 +313,10 @@ def convert(
     dtype: str | None = None,
     overwrite: bool = False,
     budget_bytes: int = WRITE_BUDGET_BYTES,
+    preset: str | None = None,
     **overrides: Any,
 ) -> ModelConfig:
-    """Convert a model folder (HF or dlm_jax) into `to` ("hf" or "dlm_jax") format, streaming.
+    """Convert a model folder (HF, LLaDA or dlm_jax) or an SMDM lit-gpt file into `to` ("hf" or "dlm_jax"), streaming.
 
     Leaves go from `src` to `dst` a block at a time (at most `budget_bytes` of native writes in
     flight), so peak memory is a few layers, not the model. The output keeps the source's dtype
@@ -298,15 +328,16 @@ def convert(
     if to not in ("hf", "dlm_jax"):
         raise ValueError(f"--to {to!r} is not one of ('hf', 'dlm_jax')")
     return_freed_blocks_to_os()
-    source = open_model(src, dtype, **overrides)
+    source = open_model(src, dtype, preset, **overrides)
+    side_dir = None if pathlib.Path(src).is_file() else src  # a lit-gpt file carries no tokenizer or side files
     try:
         if to == "hf":
             export_leaves(source.leaves, source.config, dst, source.config.param_dtype,
-                          hf_config=source.hf_config, source_dir=src, overwrite=overwrite)
+                          hf_config=source.hf_config, source_dir=side_dir, overwrite=overwrite)
         else:
             with atomic_output_dir(dst, overwrite=overwrite, source=src) as tmp:
                 checkpoint_io.write_native(tmp, source.config, source.leaves, source.hf_config, budget_bytes)
-                copy_side_files(src, tmp, source.hf_config)
+                copy_side_files(side_dir, tmp, source.hf_config)
     except (FileExistsError, FileNotFoundError):
         raise
     except OSError as e:  # a full disk, a folder we may not write: one line, not a traceback

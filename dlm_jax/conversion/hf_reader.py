@@ -32,6 +32,9 @@ def hf_shape(rule: Rule, our_shape: tuple[int, ...]) -> tuple[int, ...]:
         shape = (math.prod(our_shape[: rule.lead_axes]), math.prod(our_shape[rule.lead_axes :]))
     if rule.transpose:
         shape = shape[::-1]
+    if rule.groups is not None:  # our rows are `slots` of each group's `per_group` slots
+        _, per_group, _, slots = rule.groups
+        shape = (shape[0] // slots * per_group, *shape[1:])
     if rule.part is not None:
         shape = shape[:-1] + (shape[-1] * rule.part[1],)
     return shape
@@ -50,6 +53,9 @@ def _ours(x: np.ndarray, rule: Rule) -> np.ndarray:
         idx, count = rule.part
         width = x.shape[-1] // count
         x = x[..., idx * width : (idx + 1) * width]
+    if rule.groups is not None:
+        groups, per_group, first, slots = rule.groups
+        x = x.reshape(groups, per_group, -1, x.shape[-1])[:, first : first + slots].reshape(-1, x.shape[-1])
     return x.T if rule.transpose else x
 
 
@@ -104,15 +110,22 @@ class _HfLeafReader:
 
 
 def hf_leaves(
-    folder: pathlib.Path, store: WeightStore, names: dict[str, str], config: ModelConfig, dtype: np.dtype
+    folder: pathlib.Path,
+    store: WeightStore,
+    names: dict[str, str],
+    config: ModelConfig,
+    dtype: np.dtype,
+    rules: list[Rule] | None = None,
+    config_source: str = "config.json",
 ) -> dict[Path, Leaf]:
     """Leaves of `config`'s parameter tree read from `store` (`names`: canonical -> stored name), in `dtype`.
 
-    Raises ConversionError naming the first tensor whose shape differs from what config.json implies.
+    `rules` default to the family's HF table. Raises ConversionError naming the first tensor whose
+    shape differs from what the config (read from `config_source`) implies.
     """
     shapes = jax.eval_shape(lambda: decoder.init(jax.random.key(0), config))
     by_leaf: dict[Path, list[Rule]] = defaultdict(list)
-    for rule in rules_for(config):
+    for rule in rules_for(config) if rules is None else rules:
         by_leaf[rule.ours].append(rule)
     leaves = {}
     for path, rules in by_leaf.items():
@@ -124,7 +137,7 @@ def hf_leaves(
                 got, want = tuple(store.shape(names[name])), hf_shape(rule, per_layer)
                 if got != want:
                     raise ConversionError(
-                        f"{folder}: tensor {name!r} has shape {got}, expected {want} (from config.json)"
+                        f"{folder}: tensor {name!r} has shape {got}, expected {want} (from {config_source})"
                     )
                 store.dtype(names[name])
         reader = _HfLeafReader(store, names, rules, shape)

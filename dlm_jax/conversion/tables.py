@@ -1,7 +1,9 @@
 """Per-family conversion tables: HF tensor names <-> dlm_jax parameter paths, and config mapping.
 
 A `Rule` says how one HF tensor (or one slice of it) becomes one of our parameters. Layer
-rules contain `{i}` and fill the leading (layer) axis of our stacked parameter.
+rules contain `{i}` and fill the leading (layer) axis of our stacked parameter. LLaDA's own
+folders (`model_type: llada`) are one more HF-like family here; SMDM's lit-gpt files (no
+config.json) have their table in `lit_gpt.py`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 from typing import Any
 
 from dlm_jax.conversion.tensor_io import ConversionError
-from dlm_jax.models.config import ModelConfig
+from dlm_jax.models.config import ModelConfig, family_logit_shift
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +23,9 @@ class Rule:
     transpose: bool = False  # HF Linear stores [out, in]; we store [in, out]
     lead_axes: int | None = 1  # our leading axes forming HF's first axis (None: flatten to 1-D)
     part: tuple[int, int] | None = None  # (index, count): a slice of HF's last axis (GPT-2 c_attn)
+    # (groups, slots per group, first slot, slots): rows of a fused tensor laid out group by group, each group
+    # `slots per group` blocks of equal rows (lit-gpt's qkv: per KV group its queries, then one k, one v)
+    groups: tuple[int, int, int, int] | None = None
 
     @property
     def layered(self) -> bool:
@@ -76,8 +81,31 @@ def _gpt2(config: ModelConfig) -> list[Rule]:
     return rules
 
 
+def _llada(config: ModelConfig) -> list[Rule]:
+    """LLaDA's `LLaDAModelLM` with `block_type: llama` (modeling_llada.py's LLaDALlamaBlock)."""
+    t = "model.transformer."
+    p = t + "blocks.{i}."
+    rules = [
+        Rule(t + "wte.weight", ("embed", "embedding")),
+        Rule(p + "attn_norm.weight", ("layers", "attn_norm", "scale"), lead_axes=None),
+        Rule(p + "ff_norm.weight", ("layers", "mlp_norm", "scale"), lead_axes=None),
+        Rule(p + "attn_out.weight", ("layers", "attn", "o", "kernel"), transpose=True, lead_axes=2),
+        Rule(t + "ln_f.weight", ("final_norm", "scale"), lead_axes=None),
+    ]
+    for name in "qkv":
+        rules.append(Rule(p + f"{name}_proj.weight", ("layers", "attn", name, "kernel"), transpose=True))
+        if config.qkv_bias:
+            rules.append(Rule(p + f"{name}_proj.bias", ("layers", "attn", name, "bias"), lead_axes=None))
+    # x = ff_out(act(ff_proj(x)) * up_proj(x)): ff_proj is the gate
+    for hf, ours in (("ff_proj", "gate"), ("up_proj", "up"), ("ff_out", "down")):
+        rules.append(Rule(p + f"{hf}.weight", ("layers", "mlp", ours, "kernel"), transpose=True))
+    if not config.tie_embeddings:
+        rules.append(Rule(t + "ff_out.weight", ("lm_head", "kernel"), transpose=True))
+    return rules
+
+
 def rules_for(config: ModelConfig) -> list[Rule]:
-    return _gpt2(config) if config.family == "gpt2" else _llama_like(config)
+    return {"gpt2": _gpt2, "llada": _llada}.get(config.family, _llama_like)(config)
 
 
 # Buffers some HF checkpoints carry that are not parameters (and are safe to skip).
@@ -148,6 +176,47 @@ def _common_ids(f: _Fields) -> dict[str, Any]:
     return {k: f.get(k, kind=int, default=None) for k in names}
 
 
+# LLaDA config.json switches we read as they must be (modeling_llada.py supports more: we refuse those).
+_LLADA_REQUIRED = {"block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu", "rope": True,
+                   "include_bias": False}
+_LLADA_DEFAULTS = {"alibi": False, "input_emb_norm": False, "scale_logits": False, "attention_layer_norm": False,
+                   "block_group_size": 1, "layer_norm_with_affine": True}
+
+
+def _llada_fields(f: _Fields) -> dict[str, Any]:
+    """ModelConfig fields from a LLaDA config.json (configuration_llada.py's names)."""
+    for key, want in _LLADA_REQUIRED.items():
+        got = f.get(key, kind=type(want))
+        if got != want:
+            raise ConversionError(f"{f.source}: {key}={json.dumps(got)} is not supported (expected {json.dumps(want)})")
+    for key, want in _LLADA_DEFAULTS.items():
+        got = f.get(key, kind=type(want), default=want)
+        if got != want:
+            raise ConversionError(f"{f.source}: {key}={json.dumps(got)} is not supported (expected {json.dumps(want)})")
+    if f.get("bias_for_layer_norm", kind=bool, default=False):
+        raise ConversionError(f"{f.source}: bias_for_layer_norm=true is not supported (RMSNorm without bias)")
+    d = f.get("d_model", kind=int)
+    heads = f.get("n_heads", kind=int)
+    mqa = f.get("multi_query_attention", kind=bool, default=False)
+    vocab = f.get("vocab_size", kind=int)
+    return dict(
+        family="llada",
+        vocab_size=f.get("embedding_size", kind=int, default=vocab),  # the rows of wte and of the head
+        hidden_size=d,
+        num_layers=f.get("n_layers", kind=int),
+        num_heads=heads,
+        num_kv_heads=f.get("n_kv_heads", kind=int, default=1 if mqa else heads),
+        intermediate_size=f.get("mlp_hidden_size", kind=int, default=None) or f.get("mlp_ratio", kind=int) * d,
+        norm_eps=f.get("rms_norm_eps", kind=float, default=1e-5),
+        rope_theta=f.get("rope_theta", kind=float, default=10000.0),
+        max_position_embeddings=f.get("max_sequence_length", kind=int, default=1024),
+        qkv_bias=f.get("include_qkv_bias", kind=bool, default=False),
+        tie_embeddings=f.get("weight_tying", kind=bool),
+        logit_shift=f.get("logit_shift", kind=bool, default=family_logit_shift("llada")),
+        **_common_ids(f),
+    )
+
+
 def config_from_hf(hf: dict[str, Any], overrides: dict[str, Any], source: str = "config.json") -> ModelConfig:
     """Translate an HF `config.json` dict into a ModelConfig (then apply runtime overrides).
 
@@ -177,7 +246,7 @@ def config_from_hf(hf: dict[str, Any], overrides: dict[str, Any], source: str = 
             out_bias=False if is_qwen else attention_bias,
             mlp_bias=f.get("mlp_bias", kind=bool, default=False),
             tie_embeddings=f.get("tie_word_embeddings", kind=bool, default=False),
-            logit_shift=f.get("logit_shift", kind=bool, default=True),
+            logit_shift=f.get("logit_shift", kind=bool, default=family_logit_shift("dream" if is_qwen else "llama")),
             **_common_ids(f),
         )
         act = f.get("hidden_act", kind=str, default="silu")
@@ -206,12 +275,14 @@ def config_from_hf(hf: dict[str, Any], overrides: dict[str, Any], source: str = 
             out_bias=True,
             mlp_bias=True,
             tie_embeddings=f.get("tie_word_embeddings", kind=bool, default=True),
-            logit_shift=f.get("logit_shift", kind=bool, default=True),
+            logit_shift=f.get("logit_shift", kind=bool, default=family_logit_shift("gpt2")),
             **_common_ids(f),
         )
+    elif model_type == "llada":
+        fields = _llada_fields(f)
     else:
         raise ConversionError(
-            f"{source}: unknown model_type {model_type!r}; supported: 'Dream', 'qwen2', 'llama', 'gpt2'"
+            f"{source}: unknown model_type {model_type!r}; supported: 'Dream', 'qwen2', 'llama', 'gpt2', 'llada'"
         )
     extra = f.get("dlm_jax", kind=dict, default={})
     fields["attention_mode"] = _Fields(extra, f"{source} dlm_jax").get(
@@ -254,6 +325,8 @@ def config_to_hf(config: ModelConfig, dtype: str) -> dict[str, Any]:
         raise ConversionError(
             f"family {config.family!r} with {config.norm_kind}/{config.position_kind} has no HF layout"
         )
+    if config.family == "llada":
+        return _llada_config(config, dtype, ids)
     qwen = config.family == "dream"
     if qwen and not (config.qkv_bias and not config.out_bias and not config.mlp_bias):
         raise ConversionError("a Qwen2/Dream export needs qkv_bias=True, out_bias=False, mlp_bias=False")
@@ -278,3 +351,32 @@ def config_to_hf(config: ModelConfig, dtype: str) -> dict[str, Any]:
     if not qwen:
         out.update(attention_bias=config.qkv_bias, mlp_bias=config.mlp_bias)
     return out
+
+
+def _llada_config(config: ModelConfig, dtype: str, ids: dict[str, Any]) -> dict[str, Any]:
+    """A LLaDA config.json (the keys configuration_llada.py reads) for a family="llada" model."""
+    if config.out_bias or config.mlp_bias or config.head_dim * config.num_heads != config.hidden_size:
+        raise ConversionError(
+            "a LLaDA export needs out_bias=False, mlp_bias=False and head_dim * num_heads == hidden_size"
+        )
+    return dict(
+        model_type="llada",
+        architectures=["LLaDAModelLM"],
+        d_model=config.hidden_size,
+        n_heads=config.num_heads,
+        n_kv_heads=config.num_kv_heads,
+        n_layers=config.num_layers,
+        mlp_hidden_size=config.intermediate_size,
+        vocab_size=config.vocab_size,
+        embedding_size=config.vocab_size,
+        max_sequence_length=config.max_position_embeddings,
+        rms_norm_eps=config.norm_eps,
+        rope_theta=config.rope_theta,
+        weight_tying=config.tie_embeddings,
+        include_qkv_bias=config.qkv_bias,
+        **_LLADA_REQUIRED,
+        **_LLADA_DEFAULTS,
+        bias_for_layer_norm=False,
+        torch_dtype=dtype,
+        **ids,
+    )

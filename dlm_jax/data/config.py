@@ -21,7 +21,9 @@ class DataConfig:
     """Where the training/validation examples come from and how they become token arrays.
 
     `kind`: a synthetic task shipped with the package (`reverse_curse`, `sudoku`, `countdown`,
-    `arithmetic`) or a file source (`jsonl`, `parquet`, `arrayrecord`, `tfds`).
+    `arithmetic`) or a file source (`jsonl`, `parquet`, `arrayrecord`, `tfds`), read lazily (never held
+    in memory; see `dlm_jax.data.sources`). `tfds` reads `options.split` / `options.val_split` of the
+    dataset named by `path` / `val_path` from `options.data_dir`.
     `format`: `text` (pretraining, packed to seq_len) or an SFT layout (`dream`, `messages`, `s1k`, `pairs`).
     """
 

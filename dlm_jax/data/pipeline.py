@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import grain
@@ -10,6 +10,7 @@ import numpy as np
 
 from dlm_jax.data import encode, sources, tasks
 from dlm_jax.data.config import SYNTHETIC, DataConfig
+from dlm_jax.data.shuffle import ShuffledEpochs
 from dlm_jax.data.tokenizer import SimpleTokenizer, Tokenizer, load_tokenizer
 
 # Whole batches are read ahead: a few are enough (grain's default, 500 elements, would encode 500 batches).
@@ -42,13 +43,13 @@ def synthetic_records(data: DataConfig, split: str) -> list[dict[str, Any]]:
 
 
 def load_records(data: DataConfig, split: str) -> Sequence[dict[str, Any]]:
-    """The raw records of `split` ("train" or "val") for `data`."""
+    """The raw records of `split` ("train" or "val") for `data`: a lazy random-access source for file kinds."""
     if data.kind in SYNTHETIC:
         return synthetic_records(data, split)
     path = data.path if split == "train" else data.val_path
     if split != "train" and not path:
         return []
-    return sources.open_source(data.kind, path, data.options)
+    return sources.open_source(data.kind, path, data.options, split)
 
 
 def _texts(record: dict[str, Any], data: DataConfig) -> list[str]:
@@ -57,16 +58,18 @@ def _texts(record: dict[str, Any], data: DataConfig) -> list[str]:
     return [str(v) for v in record.values() if isinstance(v, str)]
 
 
-def build_tokenizer(data: DataConfig, records: Sequence[dict[str, Any]], mask_token_id: int | None = None) -> Tokenizer:
-    """The tokenizer at `data.tokenizer` (see `load_tokenizer`), else a `SimpleTokenizer` built over `records`."""
+def build_tokenizer(data: DataConfig, records: Iterable[dict[str, Any]], mask_token_id: int | None = None) -> Tokenizer:
+    """The tokenizer at `data.tokenizer` (see `load_tokenizer`), else a `SimpleTokenizer` built over `records`.
+
+    The records are streamed once (never held) to collect the vocabulary; with `data.tokenizer` they are not read.
+    """
     if data.tokenizer:
         try:
             return load_tokenizer(data.tokenizer, mask_token_id=mask_token_id)
         except (FileNotFoundError, ValueError) as e:
             raise type(e)(f"data.tokenizer={data.tokenizer!r}: {e}") from None
     level = data.options.get("level", "word" if data.kind == "reverse_curse" else "char")
-    corpus = [t for r in records for t in _texts(r, data)]
-    return SimpleTokenizer.build(corpus, level=level)
+    return SimpleTokenizer.build((t for r in records for t in _texts(r, data)), level=level)
 
 
 def _task_format(data: DataConfig) -> str:
@@ -139,9 +142,9 @@ def make_dataset(
         >>> it = iter(make_dataset(records, data, TrainConfig(batch_size=2, seq_len=12), tok))
         >>> batch = next(it)
         >>> batch["input_ids"].shape, batch["input_ids"][0].tolist()  # one fact a row, EOS-padded
-        ((2, 12), [17, 11, 18, 23, 22, 20, 14, 5, 2, 2, 2, 2])
+        ((2, 12), [7, 8, 18, 23, 19, 20, 13, 5, 2, 2, 2, 2])
         >>> tok.decode(batch["input_ids"][0])
-        'Vidra Fensa is the singer of Orrin .'
+        'Dradra Elren is the keeper of Lunaris .'
         >>> it.get_state()  # checkpointable: `it.set_state(state)` resumes at the next batch
         {'next_index': 1}
     """
@@ -156,9 +159,7 @@ def make_dataset(
         ds = ds[index::count]
     whole = split == "train"  # validation keeps a short last batch (see `val_batches`)
     if split == "train":
-        if data.shuffle:
-            ds = ds.shuffle(seed=train.seed)
-        ds = ds.repeat(None)
+        ds = ShuffledEpochs(ds, seed=train.seed) if data.shuffle else ds.repeat(None)
     elif not packed:
         ds = ds[: train.eval_batches * train.batch_size]  # validation reads a bounded number of rows
     if not packed:
@@ -219,3 +220,25 @@ def val_batches(ds: grain.IterDataset, limit: int, rows: int) -> list[dict[str, 
         if len(out) >= limit:
             break
     return out
+
+
+def restore_state(iterator: grain.DatasetIterator, state: dict[str, Any]) -> None:
+    """Set `iterator` to a `get_state()` that went through JSON (a checkpoint), so it resumes at the next batch.
+
+    JSON turns grain's packing slices `(start, stop)` into lists, and grain then mistakes "no
+    remainder" `[-1, -1]` for a remainder and skips a document on resume; the tuples are restored first.
+    """
+    iterator.set_state(restore_state_tree(state))
+
+
+def restore_state_tree(state: Any) -> Any:
+    """`state` with every `remainder_slices` entry a tuple again (see `restore_state`).
+
+    Example:
+        >>> restore_state_tree({"parent_state": {"next_index": 3}, "remainder_slices": {"input_ids": [-1, -1]}})
+        {'parent_state': {'next_index': 3}, 'remainder_slices': {'input_ids': (-1, -1)}}
+    """
+    if not isinstance(state, dict):
+        return state
+    return {k: ({f: tuple(s) for f, s in v.items()} if k == "remainder_slices" else restore_state_tree(v))
+            for k, v in state.items()}

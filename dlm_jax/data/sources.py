@@ -1,13 +1,21 @@
-"""Random-access record sources: JSONL, Parquet, ArrayRecord (JSON records) and tensorflow-datasets."""
+"""Random-access record sources: JSONL, Parquet, ArrayRecord (JSON records) and tensorflow-datasets.
+
+Every source reads lazily: opening one reads an index or metadata, never the records, so a corpus
+larger than memory can be shuffled, sharded and batched by grain.
+"""
 
 from __future__ import annotations
 
+import collections
 import json
 import pathlib
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from dlm_jax.data.jsonl import iter_jsonl
+import numpy as np
+
+from dlm_jax.data.jsonl import iter_jsonl, line_index, parse_line
 
 _SUFFIXES = {"jsonl": (".jsonl", ".json"), "parquet": (".parquet",), "arrayrecord": (".array_record", ".arrayrecord")}
 
@@ -29,8 +37,23 @@ def resolve_files(path: str, kind: str) -> list[pathlib.Path]:
     return files
 
 
+def checked_index(index: int, size: int) -> int:
+    """`index` in `range(size)` (negative counts from the end), else IndexError (which ends `iter(source)`).
+
+    Example:
+        >>> checked_index(-1, 3)
+        2
+    """
+    if not -size <= index < size:
+        raise IndexError(f"record {index} of {size}")
+    return index % size
+
+
 class JsonlSource(Sequence):
-    """All records of one or more JSONL files, parsed up front; a bad line raises naming file and line.
+    """The records of one or more JSONL files, read lazily: only a line index is held in memory.
+
+    Opening scans each file once for its non-blank lines (a few bytes of index per line); a record
+    is parsed when it is read, and a bad line raises naming file and line.
 
     Example:
         >>> _ = pathlib.Path("train.jsonl").write_text('{"text": "a b"}\\n\\n{"text": "c"}\\n')
@@ -40,45 +63,115 @@ class JsonlSource(Sequence):
     """
 
     def __init__(self, path: str):
-        self.records: list[dict[str, Any]] = []
-        self.origin: list[str] = []
-        for file in resolve_files(path, "jsonl"):
-            for lineno, record in iter_jsonl(file):
-                self.records.append(record)
-                self.origin.append(f"{file}:{lineno}")
-        if not self.records:
+        self.files = resolve_files(path, "jsonl")
+        self._index = [line_index(f) for f in self.files]
+        self._first = np.cumsum([0] + [len(starts) for starts, _, _ in self._index])
+        if not self._first[-1]:
             raise ValueError(f"data.path={path!r}: no records found")
+        self.origin = _Origin(self._where)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return int(self._first[-1])
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        """(file, line of that file) of record `index`."""
+        index = checked_index(index, len(self))
+        k = int(np.searchsorted(self._first, index, side="right")) - 1
+        return k, index - int(self._first[k])
+
+    def _where(self, index: int) -> str:
+        k, j = self._locate(index)
+        return f"{self.files[k]}:{int(self._index[k][2][j])}"
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.records[index]
+        k, j = self._locate(index)
+        starts, lengths, numbers = self._index[k]
+        with open(self.files[k], "rb") as f:
+            f.seek(int(starts[j]))
+            line = f.read(int(lengths[j]))
+        return parse_line(line, self.files[k], int(numbers[j]))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """The records in order, each file read sequentially."""
+        for file in self.files:
+            for _, record in iter_jsonl(file):
+                yield record
 
 
 class ParquetSource(Sequence):
-    """Rows of one or more Parquet files as dicts (read with pyarrow)."""
+    """Rows of one or more Parquet files as dicts, read lazily by row group (with pyarrow).
+
+    Only the files' metadata is read up front; a row is read from its row group, and the last
+    few row groups read are cached, so memory is bounded by the row-group size. Shuffled reads
+    decode a row group per row: write shuffled training corpora with small row groups (or as ArrayRecord).
+    """
+
+    CACHED_GROUPS = 4
 
     def __init__(self, path: str):
         import pyarrow.parquet as pq
 
-        self.records: list[dict[str, Any]] = []
-        self.origin: list[str] = []
-        for file in resolve_files(path, "parquet"):
+        self.files = resolve_files(path, "parquet")
+        self._groups: list[tuple[int, int]] = []  # (file, row group) of each row group, in order
+        sizes, self._file_first = [], []
+        for k, file in enumerate(self.files):
+            self._file_first.append(sum(sizes))
             try:
-                rows = pq.read_table(file).to_pylist()
+                meta = pq.ParquetFile(file).metadata
             except Exception as e:  # pyarrow raises several unrelated types for broken files
                 raise ValueError(f"{file}: not a readable Parquet file ({e})") from None
-            self.records.extend(rows)
-            self.origin.extend(f"{file}:row {i}" for i in range(len(rows)))
-        if not self.records:
+            for g in range(meta.num_row_groups):
+                self._groups.append((k, g))
+                sizes.append(meta.row_group(g).num_rows)
+        self._first = np.cumsum([0] + sizes)
+        if not self._first[-1]:
             raise ValueError(f"data.path={path!r}: no rows found")
+        self._cache: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.origin = _Origin(self._where)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return int(self._first[-1])
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        """(row group, row of that group) of row `index`."""
+        index = checked_index(index, len(self))
+        group = int(np.searchsorted(self._first, index, side="right")) - 1
+        return group, index - int(self._first[group])
+
+    def _where(self, index: int) -> str:
+        k = self._groups[self._locate(index)[0]][0]
+        return f"{self.files[k]}:row {index % len(self) - self._file_first[k]}"
+
+    def _row_group(self, group: int) -> Any:
+        import pyarrow.parquet as pq
+
+        with self._lock:
+            if group in self._cache:
+                self._cache.move_to_end(group)
+                return self._cache[group]
+        k, g = self._groups[group]
+        try:
+            table = pq.ParquetFile(self.files[k]).read_row_group(g)
+        except Exception as e:  # pyarrow raises several unrelated types for broken files
+            raise ValueError(f"{self.files[k]}: row group {g} is not readable ({e})") from None
+        with self._lock:
+            self._cache[group] = table
+            while len(self._cache) > self.CACHED_GROUPS:
+                self._cache.popitem(last=False)
+        return table
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.records[index]
+        group, row = self._locate(index)
+        return self._row_group(group).slice(row, 1).to_pylist()[0]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """The rows in order, a batch at a time."""
+        import pyarrow.parquet as pq
+
+        for file in self.files:
+            for batch in pq.ParquetFile(file).iter_batches():
+                yield from batch.to_pylist()
 
 
 class ArrayRecordSource(Sequence):
@@ -94,7 +187,7 @@ class ArrayRecordSource(Sequence):
         return len(self.source)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        raw = self.source[index]
+        raw = self.source[checked_index(index, len(self))]
         try:
             record = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -103,41 +196,53 @@ class ArrayRecordSource(Sequence):
 
     @property
     def origin(self) -> _Origin:
-        return _Origin(f"{','.join(self.files)}:record")
+        return _Origin(lambda i: f"{','.join(self.files)}:record {i}")
 
 
 class TfdsSource(Sequence):
-    """A tensorflow-datasets random-access source (`data.path` = dataset name, `options.split`, `options.data_dir`)."""
+    """A tensorflow-datasets split prepared on disk in the ArrayRecord format, read lazily (no TensorFlow needed).
+
+    `data.path` (or `data.val_path`) is the dataset name, looked up in `options.data_dir` (else
+    tfds's default); the splits are `options.split` (default `train`) and `options.val_split`
+    (default `validation`). Nothing is downloaded. Bytes features are decoded as UTF-8 text.
+    """
 
     def __init__(self, name: str, split: str = "train", data_dir: str | None = None):
         import tensorflow_datasets as tfds
 
-        self.source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-        self.name = name
+        try:
+            self.source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        except tfds.core.registered.DatasetNotFoundError:
+            raise FileNotFoundError(f"data.path={name!r}: no prepared tfds dataset of that name in "
+                                    f"options.data_dir={data_dir!r} (nothing is downloaded)") from None
+        except (ValueError, AssertionError) as e:
+            raise ValueError(f"tfds dataset {name!r} split {split!r}: {str(e).splitlines()[0]}") from None
+        self.name, self.split = name, split
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in self.source[index].items()}
+        record = self.source[checked_index(index, len(self))]
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in record.items()}
 
     @property
     def origin(self) -> _Origin:
-        return _Origin(f"tfds:{self.name}:record")
+        return _Origin(lambda i: f"tfds:{self.name}[{self.split}] record {i}")
 
 
 class _Origin:
-    """`origin[i]` -> 'prefix i' without materialising a list."""
+    """`origin[i]`: where record i comes from, computed on demand (no list of strings)."""
 
-    def __init__(self, prefix: str):
-        self.prefix = prefix
+    def __init__(self, where: Callable[[int], str]):
+        self.where = where
 
     def __getitem__(self, index: int) -> str:
-        return f"{self.prefix} {index}"
+        return self.where(index)
 
 
-def open_source(kind: str, path: str | None, options: dict[str, Any] | None = None) -> Sequence:
-    """The record source named by `data.kind` / `data.path`."""
+def open_source(kind: str, path: str | None, options: dict[str, Any] | None = None, split: str = "train") -> Sequence:
+    """The record source named by `data.kind` / `data.path`; `split="val"` picks tfds's `options.val_split`."""
     if not path:
         raise ValueError(f"data.kind={kind!r} needs data.path (a file, a directory or a comma-separated list)")
     options = options or {}
@@ -148,5 +253,6 @@ def open_source(kind: str, path: str | None, options: dict[str, Any] | None = No
     if kind == "arrayrecord":
         return ArrayRecordSource(path)
     if kind == "tfds":
-        return TfdsSource(path, options.get("split", "train"), options.get("data_dir"))
+        tfds_split = options.get("split", "train") if split == "train" else options.get("val_split", "validation")
+        return TfdsSource(path, tfds_split, options.get("data_dir"))
     raise ValueError(f"data.kind={kind!r} is not a file source (jsonl, parquet, arrayrecord, tfds)")

@@ -74,17 +74,28 @@ def reverse_curse_facts(num_facts: int, seed: int = 0) -> list[Fact]:
 
 # ---- 4x4 sudoku ------------------------------------------------------------------------------
 
-def _sudoku_solutions() -> list[tuple[int, ...]]:
+@functools.cache
+def _sudoku_solutions() -> tuple[tuple[int, ...], ...]:
+    """All 288 solved 4x4 grids, in the order of their rows' permutations (row by row, pruning early)."""
     rows = list(itertools.permutations((1, 2, 3, 4)))
-    out = []
-    for grid in itertools.product(rows, repeat=4):
-        cols_ok = all(len({grid[r][c] for r in range(4)}) == 4 for c in range(4))
-        boxes_ok = all(
-            len({grid[r][c] for r in (br, br + 1) for c in (bc, bc + 1)}) == 4 for br in (0, 2) for bc in (0, 2)
-        )
-        if cols_ok and boxes_ok:
-            out.append(tuple(v for row in grid for v in row))
-    return out
+
+    def fits(grid: tuple[tuple[int, ...], ...], row: tuple[int, ...]) -> bool:
+        r = len(grid)
+        if any(row[c] == above[c] for above in grid for c in range(4)):
+            return False
+        if r % 2 == 1:  # the row completes two 2x2 boxes with the one above it
+            return all(len({*grid[-1][c:c + 2], *row[c:c + 2]}) == 4 for c in (0, 2))
+        return True
+
+    def extend(grid: tuple[tuple[int, ...], ...]):
+        if len(grid) == 4:
+            yield tuple(v for row in grid for v in row)
+            return
+        for row in rows:
+            if fits(grid, row):
+                yield from extend((*grid, row))
+
+    return tuple(extend(()))
 
 
 def _grid_text(cells: tuple[int, ...] | list[int]) -> str:

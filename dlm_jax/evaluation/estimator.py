@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -15,6 +16,10 @@ from dlm_jax.models.config import ModelConfig
 
 KINDS = (*ELBO_KINDS, "chain")
 DEFAULT_MC_BATCH = 32  # mc_batch_size when not given: min(mc_num, 32)
+
+
+def _direct(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
 
 
 class Score(NamedTuple):
@@ -94,8 +99,13 @@ class Estimator:
         targets: list[list[int]],
         *,
         max_length: int | None = None,
+        call: Callable[..., Any] | None = None,
     ) -> list[Score]:
-        """Score every (prompt, target) pair; requests are sorted by length and batched."""
+        """Score every (prompt, target) pair; requests are sorted by length and batched.
+
+        `call(kernel, *args, **kwargs)` runs the jitted kernels (default: directly; pass `DiffusionLM.call`
+        for a model on a mesh)."""
+        call = call or _direct
         config.require_mask_token()
         max_length = max_length or config.max_position_embeddings
         order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(targets[i])))
@@ -110,19 +120,20 @@ class Estimator:
                 pad_id=config.pad_token_id or 0,
                 shifted=config.logit_shift,
             )
-            for i, score in zip(idx, self._score_batch(params, config, batch, base, idx), strict=True):
+            for i, score in zip(idx, self._score_batch(params, config, batch, base, idx, call), strict=True):
                 out[i] = score
         return out  # type: ignore[return-value]
 
-    def _score_batch(self, params, config, batch, base_key, idx) -> list[Score]:
+    def _score_batch(self, params, config, batch, base_key, idx, call) -> list[Score]:
         n_tok = batch.target_lengths
         if self.kind == "chain":
-            lp, greedy = chain_rule_log_probs(params, *batch, config=config, cfg_scale=self.cfg_scale)
+            lp, greedy = call(chain_rule_log_probs, params, *batch, config=config, cfg_scale=self.cfg_scale)
             lp, greedy = np.asarray(lp, np.float64), np.asarray(greedy)
             return [Score(float(lp[r].sum()), bool(greedy[r].all()), 0.0, int(n_tok[r])) for r in range(len(idx))]
         keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(np.asarray(idx, np.uint32))
         losses = np.asarray(
-            mc_elbo_losses(
+            call(
+                mc_elbo_losses,
                 params,
                 *batch,
                 keys,
@@ -136,7 +147,7 @@ class Estimator:
             np.float64,
         )
         if self.greedy_check:
-            greedy = np.asarray(greedy_matches(params, *batch, config=config, cfg_scale=self.cfg_scale))
+            greedy = np.asarray(call(greedy_matches, params, *batch, config=config, cfg_scale=self.cfg_scale))
         else:
             greedy = np.zeros(len(idx), bool)
         rounds = losses.shape[1]

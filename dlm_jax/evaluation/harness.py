@@ -74,7 +74,8 @@ class DLMJaxLM(TemplateLM):
     """lm-eval model backed by a `DiffusionLM` (HF folder or dlm_jax checkpoint).
 
     model_args (all optional except `pretrained`):
-      pretrained, tokenizer (default: pretrained), dtype, mask_token_id, logit_shift, attention_impl;
+      pretrained, tokenizer (default: pretrained), dtype, mask_token_id, logit_shift, attention_impl, mesh (a device
+      mesh, e.g. `fsdp=4,tensor=2` written `mesh=fsdp=4;tensor=2` since model_args split at commas);
       likelihood: estimator (elbo|elbo_llada|chain), mc_num, mc_batch_size, mc_eps (the estimator's minimum
       mask ratio), cfg (CFG scale), greedy_check, rolling_estimator, batch_size (requests per call),
       max_length, seed, add_bos_token;
@@ -131,6 +132,7 @@ class DLMJaxLM(TemplateLM):
         attention_impl: str | None = None,
         max_batch_size: int | None = None,
         device: str | None = None,
+        mesh: str | None = None,
         **sampler: Any,
     ):
         super().__init__()
@@ -150,7 +152,8 @@ class DLMJaxLM(TemplateLM):
             overrides["attention_impl"] = str(attention_impl)
         if tokenizer is None and pathlib.Path(pretrained).is_dir() and not has_tokenizer(pretrained):
             raise FileNotFoundError(f"no tokenizer in {pretrained}: pass tokenizer=PATH in --model_args")
-        self.model = DiffusionLM.from_pretrained(pretrained, dtype=dtype, **overrides)
+        mesh = None if mesh is None else str(mesh).replace(";", ",")
+        self.model = DiffusionLM.from_pretrained(pretrained, dtype=dtype, mesh=mesh, **overrides)
         self.dlm_tokenizer = load_tokenizer(tokenizer or pretrained, mask_token_id=self.model.config.mask_token_id)
         self.tokenizer = self.dlm_tokenizer.tok if isinstance(self.dlm_tokenizer, HFTokenizer) else None
         self._tokenizer_name = str(tokenizer or pretrained)
@@ -177,6 +180,7 @@ class DLMJaxLM(TemplateLM):
             "tokenizer": self._tokenizer_name,
             "dtype": dtype,
             **overrides,
+            **({} if mesh is None else {"mesh": mesh}),
         }
 
     # ---- lm-eval plumbing ----------------------------------------------------------------------
@@ -245,7 +249,7 @@ class DLMJaxLM(TemplateLM):
             prompts.append(self._fit(list(ctx), list(cont), f"loglikelihood request {i}"))
             targets.append(list(cont))
         scores = self.estimator.score(
-            self.model.params, self.model.config, prompts, targets, max_length=self.max_length
+            self.model.params, self.model.config, prompts, targets, max_length=self.max_length, call=self.model.call
         )
         out = [(s.loglik, s.is_greedy) for s in scores]
         for (key, _, _), res in zip(requests, out, strict=True):
@@ -265,7 +269,9 @@ class DLMJaxLM(TemplateLM):
                 prompts.append(list(ctx))
                 targets.append(list(cont))
                 owner.append(i)
-        scores = self.rolling.score(self.model.params, self.model.config, prompts, targets, max_length=self.max_length)
+        scores = self.rolling.score(
+            self.model.params, self.model.config, prompts, targets, max_length=self.max_length, call=self.model.call
+        )
         totals = [0.0] * len(requests)
         for i, s in zip(owner, scores, strict=True):
             totals[i] += s.loglik

@@ -346,7 +346,7 @@ def perplexity(ctx: EvalContext) -> TaskResult:
                 targets.append(window[1:])
     if not targets:
         raise ValueError(f"{ctx.data}: no document has 2 or more tokens")
-    scores = ctx.estimator.score(ctx.model.params, cfg, prompts, targets, max_length=seq_len)
+    scores = ctx.estimator.score(ctx.model.params, cfg, prompts, targets, max_length=seq_len, call=ctx.model.call)
     tokens = sum(s.num_tokens for s in scores)
     nll = -sum(s.loglik for s in scores)
     exact = ctx.estimator.kind == "chain"

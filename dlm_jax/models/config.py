@@ -11,7 +11,11 @@ import yaml
 
 from dlm_jax import presets
 
-Family = Literal["dream", "llama", "gpt2", "smdm"]
+Family = Literal["dream", "llama", "gpt2", "smdm", "llada"]
+
+# Families trained as mask predictors read the logits at each masked position itself (LLaDA, SMDM); those
+# adapted from AR models (Dream, DiffuLLaMA's "llama", DiffuGPT's "gpt2") read them one place to the left.
+UNSHIFTED_FAMILIES = frozenset({"smdm", "llada"})
 AttentionMode = Literal["bidirectional", "causal"]
 
 # Fields that only change how the same weights are run, never their shapes.
@@ -35,7 +39,7 @@ RUNTIME_FIELDS = frozenset(
 )
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "family": ("dream", "llama", "gpt2", "smdm"),
+    "family": ("dream", "llama", "gpt2", "smdm", "llada"),
     "mlp_kind": ("swiglu", "gelu"),
     "norm_kind": ("rmsnorm", "layernorm"),
     "position_kind": ("rope", "learned"),
@@ -287,6 +291,16 @@ def parse_options(pairs: list[str], flag: str) -> dict[str, Any]:
         except yaml.YAMLError:
             raise ValueError(f"{flag} {key}={raw}: not a valid value") from None
     return out
+
+
+def family_logit_shift(family: str) -> bool:
+    """Whether checkpoints of `family` shift their logits one place right (the default conversion gives them).
+
+    Example:
+        >>> family_logit_shift("dream"), family_logit_shift("llada"), family_logit_shift("smdm")
+        (True, False, False)
+    """
+    return family not in UNSHIFTED_FAMILIES
 
 
 def available_presets() -> list[str]:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from dlm_jax.models.config import ModelConfig
-from dlm_jax.models.layers import Block, Norm, _param_init, rope_tables
+from dlm_jax.models.layers import Block, Norm, _param_init, matmul_2d, rope_tables
 
 Params = dict[str, Any]
 
@@ -251,9 +251,8 @@ def head(params: Params, config: ModelConfig, hidden: jax.Array) -> jax.Array:
     if _upcasts_whole_weights(config):
         return _head_by_vocab_chunks(params, config, h)
     if config.tie_embeddings:
-        return jnp.dot(h, params["embed"]["embedding"].astype(dt).T).astype(jnp.float32)
-    kernel = params["lm_head"]["kernel"].astype(dt)
-    return jax.lax.dot_general(h, kernel, (((h.ndim - 1,), (0,)), ((), ()))).astype(jnp.float32)
+        return matmul_2d(h, params["embed"]["embedding"].astype(dt).T, 1).astype(jnp.float32)
+    return matmul_2d(h, params["lm_head"]["kernel"].astype(dt), 1).astype(jnp.float32)
 
 
 def cfg_mix(cond: jax.Array, uncond: jax.Array, scale: float) -> jax.Array:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -54,19 +56,45 @@ def rope_tables(position_ids: jax.Array, head_dim: int, theta: float) -> tuple[j
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """x [B, L, H, D]; cos/sin [B, L, D]."""
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    """x [B, L, H, D]; cos/sin [B, L, D].
+
+    rotate_half(x) = [-x2, x1] is taken as a flip of the two halves times a sign: a reverse, whose
+    gradient is a reverse again, where slices + concatenate would give the backward pads and adds.
+    """
+    halves = x.reshape(*x.shape[:-1], 2, x.shape[-1] // 2)
+    sign = jnp.array([-1, 1], x.dtype)[:, None]
+    rotated = (jnp.flip(halves, axis=-2) * sign).reshape(x.shape)
     cos = cos[:, :, None, :].astype(x.dtype)
     sin = sin[:, :, None, :].astype(x.dtype)
     return x * cos + rotated * sin
 
 
+def matmul_2d(x: jax.Array, kernel: jax.Array, n_in: int) -> jax.Array:
+    """`x [..., *in] @ kernel [*in, *out]` (the last `n_in` axes of x contract) as ONE 2-D matmul.
+
+    Same product as the N-D einsum; what differs is the backward. The weight gradient of an N-D
+    einsum contracts several axes (batch and sequence); XLA canonicalises such a dot by
+    materialising a transposed copy of the output gradient, and XLA:CPU fuses that copy with its
+    elementwise producers (SwiGLU's backward) into a loop that reads with a row-sized stride: that
+    was most of the train step's backward time. A 2-D dot's weight gradient contracts one axis and
+    needs no copy. The reshapes are free (row-major bitcasts) on every backend, and sharding of
+    the leading axes propagates through them.
+
+    Example:
+        >>> x, k = jnp.ones((2, 3, 4)), jnp.ones((4, 5, 6))
+        >>> matmul_2d(x, k, 1).shape
+        (2, 3, 5, 6)
+    """
+    inner = math.prod(kernel.shape[:n_in])
+    y = jnp.dot(x.reshape(-1, inner), kernel.reshape(inner, -1))
+    return y.reshape(*x.shape[: x.ndim - n_in], *kernel.shape[n_in:])
+
+
 class Projection(nn.Module):
-    """`x @ kernel (+ bias)` with the kernel stored in its natural N-D shape.
+    """`x @ kernel (+ bias)` with the kernel stored in its natural N-D shape, run as a 2-D matmul (`matmul_2d`).
 
     (Flax's DenseGeneral draws a flat 2-D kernel and reshapes it, which breaks N-D logical
-    sharding constraints on its initialiser under a mesh; an explicit einsum does not.)
+    sharding constraints on its initialiser under a mesh; an explicit parameter does not.)
     """
 
     in_shape: tuple[int, ...]
@@ -80,12 +108,7 @@ class Projection(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dt, pdt = jnp.dtype(self.config.compute_dtype), jnp.dtype(self.config.param_dtype)
         kernel = self.param("kernel", _param_init(self.in_axes + self.out_axes), self.in_shape + self.out_shape, pdt)
-        letters = "defghijk"
-        ins, outs = (
-            letters[: len(self.in_shape)],
-            letters[len(self.in_shape) : len(self.in_shape) + len(self.out_shape)],
-        )
-        y = jnp.einsum(f"...{ins},{ins}{outs}->...{outs}", x.astype(dt), kernel.astype(dt))
+        y = matmul_2d(x.astype(dt), kernel.astype(dt), len(self.in_shape))
         if self.use_bias:
             y = y + self.param("bias", _zeros(self.out_axes), self.out_shape, pdt).astype(dt)
         return y
@@ -129,26 +152,18 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        dt, pdt = jnp.dtype(cfg.compute_dtype), jnp.dtype(cfg.param_dtype)
+        d, f = cfg.hidden_size, cfg.intermediate_size
 
-        def dense(name, features, axes):
-            return nn.Dense(
-                features,
-                use_bias=cfg.mlp_bias,
-                dtype=dt,
-                param_dtype=pdt,
-                kernel_init=_param_init(axes),
-                bias_init=_zeros(axes[1:]),
-                name=name,
-            )
+        def dense(name, features_in, features_out, axes):  # the `nn.Dense` parameters, applied by `matmul_2d`
+            return Projection((features_in,), (features_out,), axes[:1], axes[1:], cfg.mlp_bias, cfg, name=name)
 
         if cfg.mlp_kind == "swiglu":
-            h = nn.silu(dense("gate", cfg.intermediate_size, ("embed", "mlp"))(x))
-            h = h * dense("up", cfg.intermediate_size, ("embed", "mlp"))(x)
+            h = nn.silu(dense("gate", d, f, ("embed", "mlp"))(x))
+            h = h * dense("up", d, f, ("embed", "mlp"))(x)
         else:
-            h = nn.gelu(dense("fc", cfg.intermediate_size, ("embed", "mlp"))(x), approximate=True)
+            h = nn.gelu(dense("fc", d, f, ("embed", "mlp"))(x), approximate=True)
         h = nn.with_logical_constraint(h, ("batch", "seq", "mlp"))
-        return dense("down", cfg.hidden_size, ("mlp", "embed"))(h)
+        return dense("down", f, d, ("mlp", "embed"))(h)
 
 
 class Block(nn.Module):

@@ -56,24 +56,26 @@ def xla_attention(
 ) -> jax.Array:
     """Reference attention. q [B, Lq, H, D]; k, v [B, Lk, KVH, D]; GQA without repeating K/V.
 
-    Fully masked rows (pads) get uniform weights instead of NaN.
+    Fully masked rows (pads) get uniform weights instead of NaN. Both matmuls run head-major: q, k
+    and v are transposed once to [B, KVH, (group, Lq) | Lk, D] (small tensors), so the scores come
+    out of the dot in their natural [B, KVH, group * Lq, Lk] layout and neither the forward nor the
+    backward transposes an [L, L]-sized tensor.
     """
     b, lq, h, d = q.shape
-    kvh = k.shape[2]
+    kvh, lk = k.shape[2], k.shape[1]
     groups = h // kvh
     scale = d**-0.5 if scale is None else scale
-    qg = q.reshape(b, lq, kvh, groups, d)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=softmax_dtype)
-    scores = scores.astype(softmax_dtype) * scale
-    scores = scores.reshape(b, h, lq, k.shape[1])
+    qh = q.reshape(b, lq, kvh, groups, d).transpose(0, 2, 3, 1, 4).reshape(b, kvh, groups * lq, d)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=softmax_dtype)
+    scores = (scores.astype(softmax_dtype) * scale).reshape(b, h, lq, lk)
     if bias is not None:
         scores = scores + bias.astype(softmax_dtype)
     if mask is not None:
         scores = jnp.where(mask, scores, jnp.finfo(softmax_dtype).min)
-    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    weights = weights.reshape(b, kvh, groups, lq, k.shape[1])
-    out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v)
-    return out.reshape(b, lq, h, d)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kvh, groups * lq, lk)
+    out = jnp.einsum("bkqs,bksd->bkqd", weights, vh)
+    return out.reshape(b, kvh, groups, lq, d).transpose(0, 3, 1, 2, 4).reshape(b, lq, h, d)
 
 
 def resolve_attention_impl(impl: str, *, dtype: jnp.dtype, head_dim: int, additive_bias: bool) -> str:

@@ -2,8 +2,9 @@
 
 `token_stats` is what a diffusion sampler needs at every step for every position: the chosen
 token and Dream's three confidences. The XLA reference here follows Dream's `sample_tokens`
-(`generation_utils.py`) line for line; the Pallas kernel (`dlm_jax.ops.pallas.token_stats`)
-computes the same numbers in vocabulary blocks without writing a [B, L, V] probability tensor.
+(`generation_utils.py`) line for line, top-p/top-k filters included; the Pallas kernel
+(`dlm_jax.ops.pallas.token_stats`) computes the same numbers in vocabulary blocks without writing a
+[B, L, V] probability tensor, and applies the filters as a per-row cutoff (`filter_cutoff`).
 
 Sampling (temperature > 0) is Gumbel-max with counter-based noise (`gumbel_noise`): the noise of
 element (row, v) is a pure function of (key, row, v), so the kernel regenerates it per vocab block
@@ -19,13 +20,42 @@ import jax.numpy as jnp
 
 from dlm_jax.ops.stats_common import (
     ENTROPY_EPS,
+    FILL,
     TokenStats,
+    check_top_k,
     gumbel_from_counters,
     inverse_temperature,
     key_to_seed,
+    uses_top_p,
 )
 
 IMPLEMENTATIONS = ("xla", "pallas", "auto")
+
+
+def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
+    """Dream's `top_p_logits`: drop tokens once the sorted cumulative probability exceeds `top_p`.
+
+    The first token over the threshold is kept (the mask is shifted one place right), dropped
+    logits become float32's most negative finite value.
+
+    Example:
+        >>> top_p_filter(jnp.log(jnp.array([0.5, 0.3, 0.2])), 0.6)[1] > FILL
+        Array(True, dtype=bool)
+    """
+    order = jnp.argsort(-logits, axis=-1, stable=True)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+    remove = cumulative > top_p
+    remove = jnp.concatenate([jnp.zeros_like(remove[..., :1]), remove[..., :-1]], axis=-1)
+    remove = jnp.take_along_axis(remove, jnp.argsort(order, axis=-1), axis=-1)
+    return jnp.where(remove, FILL, logits)
+
+
+def top_k_filter(logits: jax.Array, top_k: int) -> jax.Array:
+    """Dream's `top_k_logits`: drop logits below the k-th largest (ties with it survive)."""
+    k = min(top_k, logits.shape[-1])
+    kth = jax.lax.top_k(logits, k)[0][..., -1:]
+    return jnp.where(logits < kth, FILL, logits)
 
 
 def gumbel_noise(key: jax.Array, rows: int, vocab: int) -> jax.Array:
@@ -75,12 +105,15 @@ def xla_token_stats(
     key: jax.Array | None = None,
     with_entropy: bool = True,
     rows: jax.Array | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
 ) -> TokenStats:
-    """Reference: Dream's `sample_tokens` without top-p/top-k, in float32.
+    """Reference: Dream's `sample_tokens` in float32.
 
     Greedy (`key=None`): token = argmax, prob = max prob. With `key`: token ~ softmax(logits/T)
     by Gumbel-max on `gumbel_noise(key, ...)`, prob = probability of the sampled token.
-    Margin and negative entropy are always over the full softmax(logits/T), as in Dream.
+    `top_p` (applied when < 1), then `top_k`, set the logits/T they drop to `FILL` first (Dream's order);
+    margin and negative entropy are over the softmax of what is left, as in Dream.
     `rows` (int, the leading shape of `logits`) numbers the rows for the noise; default: 0, 1, 2, ...
     in row-major order. Gathered rows keep their draws when they pass their original numbers.
 
@@ -89,9 +122,14 @@ def xla_token_stats(
         >>> int(s.token[0, 0]), round(float(s.prob[0, 0]), 4)
         (0, 0.6652)
     """
+    check_top_k(top_k)
     lead = logits.shape[:-1]
     vocab = logits.shape[-1]
     z = logits.astype(jnp.float32) * inverse_temperature(temperature)
+    if uses_top_p(top_p):
+        z = top_p_filter(z, top_p)
+    if top_k is not None:
+        z = top_k_filter(z, top_k)
     probs = jax.nn.softmax(z, axis=-1)
     top, index, second = top_two(probs)
     margin = top - second
@@ -138,6 +176,8 @@ def token_stats(
     key: jax.Array | None = None,
     with_entropy: bool = True,
     rows: jax.Array | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
     impl: str = "xla",
 ) -> TokenStats:
     """Token and Dream's confidences for every position of `logits` [..., V].
@@ -146,6 +186,7 @@ def token_stats(
     `key` (a `jax.random` key) switches from argmax to Gumbel-max sampling from softmax(logits/T).
     `with_entropy=False` returns zeros for `neg_entropy` (the kernel then reads the logits once, not twice).
     `rows`: the rows' numbers for the sampling noise (see `xla_token_stats`).
+    `top_p` (< 1), `top_k`: Dream's filters on logits/T before everything else (see `xla_token_stats`).
     `impl`: "xla" (reference), "pallas" (fused vocab-block kernel), "auto" (pallas on TPU).
 
     Example:
@@ -159,5 +200,8 @@ def token_stats(
     if impl == "pallas":
         from dlm_jax.ops.pallas.token_stats import pallas_token_stats
 
-        return pallas_token_stats(logits, temperature=temperature, key=key, with_entropy=with_entropy, rows=rows)
-    return xla_token_stats(logits, temperature=temperature, key=key, with_entropy=with_entropy, rows=rows)
+        compute = pallas_token_stats
+    else:
+        compute = xla_token_stats
+    kw = dict(temperature=temperature, key=key, with_entropy=with_entropy, rows=rows, top_p=top_p, top_k=top_k)
+    return compute(logits, **kw)

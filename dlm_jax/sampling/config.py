@@ -16,11 +16,14 @@ from typing import Any
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 LLADA_ALGS = ("low_confidence", "random")
 ALGS = DREAM_ALGS + LLADA_ALGS + ("diffullama",)
+CACHE_MODES = ("none", "prefix", "dual")
+CACHE_REFRESH = ("block", "step")
 DREAM_DEFAULT_TOP_K = 50  # what Dream's diffusion_generate applies when top_k is not passed (see resolve_top_k)
 
 # (step, x, logits) -> x  /  (step, x, logits) -> logits; step is None for the call before the loop.
 TokenHook = Callable[[Any, Any, Any], Any]
 LogitsHook = Callable[[Any, Any, Any], Any]
+StepCallback = Callable[[Any, Any], None]  # (step, canvas) on the host, numpy values
 
 
 class _Unset:
@@ -91,6 +94,15 @@ def _parse_alg(value: Any) -> str:
     return str(value)
 
 
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if str(value) not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return str(value)
+
+    return parse
+
+
 def parse_ids(value: Any) -> tuple[int, ...]:
     """Token ids: a list, or text separated by commas, semicolons or spaces ("5,6" or "5;6")."""
     items = value if isinstance(value, list | tuple) else [t for t in re.split(r"[,;\s]+", str(value)) if t]
@@ -131,8 +143,15 @@ class GenerateConfig:
     Dream's effective 50 for Dream's algs (see `resolve_top_k`). A config built directly is the pure
     core's input and takes the field defaults as written (`top_k=None`: no filter).
 
+    Block-wise decoding (`blockwise`; Fast-dLLM, EB-Sampler, Streaming-dLLM): the generation is decoded one
+    `block_length` block at a time, left to right. Per step the alg's count (`steps / blocks` steps per block)
+    or one parallel rule (`threshold`, `factor`, `entropy_budget`) picks the block's positions to commit;
+    `cache` reuses K/V of the positions outside the block (refreshed per `cache_refresh`), `suffix_window`
+    hides the far masked suffix, `early_exit` ends rows once an EOS is decoded. Masks inside the prompt
+    stay as they are there.
+
     Python-only fields (no CLI flag, no model_arg): `output_history` (a return value, not a sampling
-    choice; `chat --live` sets it), `token_hook`, `logits_hook`.
+    choice), `step_callback` (`chat --live` sets it), `token_hook`, `logits_hook`.
 
     Example:
         >>> GenerateConfig(max_new_tokens=64, alg="entropy").transfer_mode
@@ -169,8 +188,8 @@ class GenerateConfig:
                                   _optional(_as_float), "none (the most confident positions)")
     eps: float = knob(1e-3, "Dream: the last time of the schedule (timesteps = linspace(1, eps, steps + 1))",
                       _as_float)
-    block_length: int | None = knob(None, "LLaDA: semi-autoregressive block length", _optional(_as_int),
-                                    "max-new-tokens (one block)")
+    block_length: int | None = knob(None, "semi-autoregressive block length (LLaDA; any alg when decoding block-wise)",
+                                    _optional(_as_int), "max-new-tokens (one block)")
     cfg_scale: float = knob(0.0, "classifier-free guidance weight (0 = none)", _as_float)
     logits_temp: float = knob(1.0, "DiffuLLaMA: divide the logits by this first", _as_float)
     output_history: bool = knob(False, "also return the canvas after every step", None)
@@ -179,6 +198,25 @@ class GenerateConfig:
     suppress_tokens: tuple[int, ...] = knob((), "token ids never predicted (e.g. 5,6)", parse_ids, "none")
     per_row_count: bool = knob(False, "Dream: reveal each row's own count of masks per step, not the batch mean",
                                parse_bool)
+    threshold: float | None = knob(None, "block-wise: commit every masked position of the block whose token "
+                                   "probability is >= this, at least the most confident (Fast-dLLM)",
+                                   _optional(_as_float), "none (the alg's count per step)")
+    factor: float | None = knob(None, "block-wise: commit the n most confident positions while the n-th has "
+                                "probability >= 1 - factor / (n + 1) (Fast-dLLM's factor rule)",
+                                _optional(_as_float), "none")
+    entropy_budget: float | None = knob(None, "block-wise: commit in confidence order while the summed entropy "
+                                        "minus the largest stays <= this (EB-Sampler)", _optional(_as_float), "none")
+    cache: str = knob("none", f"block-wise K/V cache: {' | '.join(CACHE_MODES)} (prefix: prompt and finished "
+                      "blocks; dual: the masked suffix too)", _choice(CACHE_MODES))
+    cache_refresh: str = knob("block", f"when the K/V cache is recomputed: {' | '.join(CACHE_REFRESH)} "
+                              "(step: every step, exact but slow)", _choice(CACHE_REFRESH))
+    suffix_window: int | None = knob(None, "block-wise: masked positions more than this past the current block "
+                                     "are left out of attention (Streaming-dLLM/DPad)", _optional(_as_int),
+                                     "none (the whole suffix)")
+    early_exit: bool = knob(False, "block-wise: a row whose finished blocks hold an EOS ends; the rest of its "
+                            "canvas becomes EOS", parse_bool)
+    step_callback: StepCallback | None = knob(None, "(step, x) called on the host after each step (live views)",
+                                              None)
     token_hook: TokenHook | None = knob(None, "(step, x, logits) -> x after each step", None)
     logits_hook: LogitsHook | None = knob(None, "(step, x, logits) -> logits before each step", None)
 
@@ -199,11 +237,14 @@ class GenerateConfig:
         object.__setattr__(self, "_derived", frozenset(derived))
         self._check_values()
         object.__setattr__(self, "suppress_tokens", tuple(int(t) for t in self.suppress_tokens))
-        if self.alg in LLADA_ALGS:
+        self._check_blockwise()
+        if self.alg in LLADA_ALGS or (self.blockwise and self.parallel_rule is None):
             self._check_blocks()
+        elif self.blockwise:
+            self._check_block_length()
         elif self.block_length is not None:
             raise ValueError(
-                f"block_length={self.block_length} is only used by the LLaDA remasking algs {LLADA_ALGS}, "
+                f"block_length={self.block_length} is used by the Dream and LLaDA algs {DREAM_ALGS + LLADA_ALGS}, "
                 f"not alg={self.alg!r}"
             )
 
@@ -232,13 +273,40 @@ class GenerateConfig:
         if self.vocab_limit is not None and self.vocab_limit < 1:
             raise ValueError(f"vocab_limit={self.vocab_limit} must be >= 1 or None")
 
-    def _check_blocks(self) -> None:
+    def _check_blockwise(self) -> None:
+        rules = [name for name in ("threshold", "factor", "entropy_budget") if getattr(self, name) is not None]
+        if len(rules) > 1:
+            raise ValueError(f"pass at most one parallel decoding rule, got {' and '.join(rules)}")
+        if self.threshold is not None and not 0 < self.threshold <= 1:
+            raise ValueError(f"threshold={self.threshold} must be in (0, 1] or None")
+        if self.factor is not None and self.factor <= 0:
+            raise ValueError(f"factor={self.factor} must be > 0 or None")
+        if self.entropy_budget is not None and self.entropy_budget < 0:
+            raise ValueError(f"entropy_budget={self.entropy_budget} must be >= 0 or None")
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"cache={self.cache!r} is not one of {CACHE_MODES}")
+        if self.cache_refresh not in CACHE_REFRESH:
+            raise ValueError(f"cache_refresh={self.cache_refresh!r} is not one of {CACHE_REFRESH}")
+        if self.suffix_window is not None and (not isinstance(self.suffix_window, int) or self.suffix_window < 0):
+            raise ValueError(f"suffix_window={self.suffix_window!r} must be an integer >= 0 or None")
+        if self.blockwise and self.alg == "diffullama":
+            raise ValueError("block-wise decoding (cache, threshold, factor, entropy_budget, suffix_window, "
+                             "early_exit) is not available for alg='diffullama'")
+        if self.blockwise and self.has_hooks:
+            raise ValueError("token_hook / logits_hook need the exact sampler; block-wise decoding (cache, "
+                             "threshold, factor, entropy_budget, suffix_window, early_exit) does not call them")
+
+    def _check_block_length(self) -> None:
         block = self.max_new_tokens if self.block_length is None else self.block_length
         if not isinstance(block, int) or not 1 <= block <= self.max_new_tokens or self.max_new_tokens % block:
             raise ValueError(
                 f"block_length={self.block_length!r} must divide max_new_tokens={self.max_new_tokens} "
                 f"(an integer in 1..{self.max_new_tokens})"
             )
+
+    def _check_blocks(self) -> None:
+        self._check_block_length()
+        block = self.block_size
         blocks = self.max_new_tokens // block
         if self.steps % blocks:
             raise ValueError(f"steps={self.steps} must be a multiple of the number of blocks ({blocks})")
@@ -259,6 +327,26 @@ class GenerateConfig:
     def block_size(self) -> int:
         """LLaDA block length (the whole generation when unset)."""
         return self.max_new_tokens if self.block_length is None else self.block_length
+
+    @property
+    def parallel_rule(self) -> str | None:
+        """'threshold', 'factor' or 'entropy_budget' when one decides how many positions a step commits."""
+        for name in ("threshold", "factor", "entropy_budget"):
+            if getattr(self, name) is not None:
+                return name
+        return None
+
+    @property
+    def blockwise(self) -> bool:
+        """Decoded block by block (`dlm_jax.sampling.blocks`): a cache, a parallel rule, a suffix window, early
+        exit, or a Dream alg with `block_length`. LLaDA's own blocks alone keep the exact sampler."""
+        return (
+            self.cache != "none"
+            or self.parallel_rule is not None
+            or self.suffix_window is not None
+            or self.early_exit
+            or (self.alg in DREAM_ALGS and self.block_length is not None)
+        )
 
     @property
     def has_hooks(self) -> bool:

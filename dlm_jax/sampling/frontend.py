@@ -199,8 +199,11 @@ def run(
     src_mask: Any | None = None,
     tokenizer: Any | None = None,
     until: Sequence[str] | None = None,
+    call: Callable[..., Any] | None = None,
 ) -> GenerationResult:
-    """Call the jitted sampler and package numpy results (completions cut at EOS, texts at `until`)."""
+    """Call the jitted sampler and package numpy results (completions cut at EOS, texts at `until`).
+
+    `call(fn, *args, **kwargs)` makes the call (default: directly; `DiffusionLM.call` runs it on a mesh)."""
     ids = check_token_ids(input_ids, model_config.vocab_size)
     if ids.ndim != 2:
         raise ValueError(f"input_ids must be [batch, length], got shape {ids.shape}")
@@ -213,7 +216,8 @@ def run(
             mask = None
     if until and tokenizer is None:
         raise ValueError("until=... needs tokenizer=... to decode the completions")
-    out = generate(params, model_config, ids, mask, gen, jax.random.key(seed), src_mask=src_mask)
+    args = (params, model_config, ids, mask, gen, jax.random.key(seed))
+    out = generate(*args, src_mask=src_mask) if call is None else call(generate, *args, src_mask=src_mask)
     sequences = np.asarray(out.sequences)
     if src_mask is not None:  # DiffuLLaMA: the completion starts after each row's source prefix
         src = np.asarray(src_mask, bool)
@@ -224,4 +228,5 @@ def run(
     rows = completions(sequences, start, eos)
     texts = decode_texts(tokenizer, rows, until or ()) if tokenizer is not None else None
     history = None if out.history is None else np.asarray(out.history)
-    return GenerationResult(sequences, history, np.asarray(out.nfe), rows, texts)
+    return GenerationResult(sequences, history, np.asarray(out.nfe), rows, texts, np.asarray(out.tokens_per_step),
+                            np.asarray(out.forward_equivalents))

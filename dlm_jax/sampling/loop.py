@@ -13,6 +13,7 @@ from dlm_jax.models import decoder
 from dlm_jax.models.config import ModelConfig
 from dlm_jax.ops.token_stats import TokenStats
 from dlm_jax.sampling.algorithms import RULES, Context, read_positions
+from dlm_jax.sampling.blocks import generate_blocks, stop_ids
 from dlm_jax.sampling.config import GenerateConfig
 from dlm_jax.sampling.rows import feeding_rows, guided_logits, model_hidden, row_stats
 from dlm_jax.sampling.schedules import diffullama_keep_rates, dream_transfer_fractions
@@ -21,11 +22,15 @@ from dlm_jax.sampling.stats import forbid_ids, position_stats
 
 class GenerateOutput(NamedTuple):
     """`sequences` [B, L + G]; `history` [steps, B, L + G] (canvas after each step) or None;
-    `nfe` [B] forward passes each row needed until it had no masks left (CFG counts 2 per step)."""
+    `nfe` [B] model calls each row needed until it had no masks left (CFG counts 2 per step);
+    `tokens_per_step` [B] positions decoded per step; `forward_equivalents` [B] the trunk's FLOPs in
+    forwards over the whole canvas (equal to `nfe` for the exact sampler; see `blocks.forward_cost`)."""
 
     sequences: Any
     history: Any
     nfe: Any
+    tokens_per_step: Any = None
+    forward_equivalents: Any = None
 
 
 class SamplerState(NamedTuple):
@@ -89,6 +94,8 @@ def make_step(params: Any, config: ModelConfig, gen: GenerateConfig, ctx: Contex
         history = state.history
         if gen.output_history:
             history = jax.lax.dynamic_update_index_in_dim(history, x, i, axis=0)
+        if gen.step_callback is not None:
+            jax.debug.callback(gen.step_callback, i, x)
         return SamplerState(x, pending, i + 1, nfe, carry, history)
 
     return step_fn
@@ -97,6 +104,11 @@ def make_step(params: Any, config: ModelConfig, gen: GenerateConfig, ctx: Contex
 @functools.partial(jax.jit, static_argnames=("config", "gen"))
 def _generate(params, input_ids, attention_mask, src_mask, rng, *, config: ModelConfig, gen: GenerateConfig):
     mask_id = config.require_mask_token()
+    passes = 2 if gen.cfg_scale > 0 else 1
+    if gen.blockwise:
+        x, history, nfe, equiv = generate_blocks(params, config, gen, input_ids, attention_mask, rng)
+        per_step = jnp.float32(gen.max_new_tokens) / jnp.maximum(nfe // passes, 1)
+        return GenerateOutput(x, history, nfe, per_step.astype(jnp.float32), equiv)
     batch, prompt_len = input_ids.shape
     new = gen.max_new_tokens
     canvas = jnp.concatenate([input_ids, jnp.full((batch, new), mask_id, input_ids.dtype)], axis=1)
@@ -128,7 +140,8 @@ def _generate(params, input_ids, attention_mask, src_mask, rng, *, config: Model
     if gen.output_history:  # steps skipped after every row finished leave the canvas unchanged
         done = jnp.arange(gen.steps)[:, None, None] >= state.step
         history = jnp.where(done, state.x[None], state.history)
-    return GenerateOutput(state.x, history, state.nfe)
+    decoded = jnp.sum(pending, axis=1) / jnp.maximum(state.nfe // passes, 1)
+    return GenerateOutput(state.x, history, state.nfe, decoded.astype(jnp.float32), state.nfe.astype(jnp.float32))
 
 
 def generate(
@@ -168,6 +181,11 @@ def generate(
     if gen_config.vocab_limit is not None and gen_config.vocab_limit > config.vocab_size:
         raise ValueError(f"vocab_limit={gen_config.vocab_limit} must be <= vocab_size={config.vocab_size}")
     config.require_mask_token()
+    if gen_config.blockwise and gen_config.cache != "none" and config.attention_mode != "bidirectional":
+        raise ValueError(f"cache={gen_config.cache!r} needs a bidirectional model, not "
+                         f"attention_mode={config.attention_mode!r}; use cache='none'")
+    if gen_config.early_exit:
+        stop_ids(config)
     if attention_mask is not None:
         attention_mask = jnp.asarray(attention_mask, jnp.int32)
         if attention_mask.shape != input_ids.shape:

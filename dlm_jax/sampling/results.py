@@ -15,9 +15,12 @@ class GenerationResult:
 
     sequences: [B, L + max_new_tokens] the final canvas (prompt included, untrimmed, as Dream returns it).
     history: [steps, B, L + max_new_tokens] canvas after every step, or None.
-    nfe: [B] forward passes each row needed until it had no masks left (CFG counts two per step).
+    nfe: [B] model calls each row needed until it had no masks left (CFG counts two per step).
     completions: per row, the generated ids after the prompt cut before the first EOS.
     texts: decoded completions cut at the first `until` string, when a tokenizer was given.
+    tokens_per_step: [B] generated positions per denoising step.
+    forward_equivalents: [B] the trunk's FLOPs counted in forwards over the whole canvas (`nfe` for the exact
+        sampler; less with a K/V cache, whose steps run only a few rows).
     """
 
     sequences: np.ndarray
@@ -25,6 +28,8 @@ class GenerationResult:
     nfe: np.ndarray
     completions: list[np.ndarray]
     texts: list[str] | None = None
+    tokens_per_step: np.ndarray | None = None
+    forward_equivalents: np.ndarray | None = None
 
 
 def trim_at_eos(tokens: np.ndarray, eos_ids: Iterable[int]) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Logit filters (Dream's top-p/top-k, forbidden ids) and `position_stats`, the one per-position reduction."""
+"""Logit filters (forbidden ids; Dream's top-p/top-k live with `token_stats`) and `position_stats`, the one
+per-position reduction."""
 
 from __future__ import annotations
 
@@ -7,34 +8,6 @@ import jax.numpy as jnp
 
 from dlm_jax.ops.token_stats import TokenStats, token_stats
 from dlm_jax.sampling.config import GenerateConfig
-
-FILL = float(jnp.finfo(jnp.float32).min)  # Dream's fill value for filtered logits
-
-
-def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
-    """Dream's `top_p_logits`: drop tokens once the sorted cumulative probability exceeds `top_p`.
-
-    The first token over the threshold is kept (the mask is shifted one place right), dropped
-    logits become float32's most negative finite value.
-
-    Example:
-        >>> top_p_filter(jnp.log(jnp.array([0.5, 0.3, 0.2])), 0.6)[1] > FILL
-        Array(True, dtype=bool)
-    """
-    order = jnp.argsort(-logits, axis=-1, stable=True)
-    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-    cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-    remove = cumulative > top_p
-    remove = jnp.concatenate([jnp.zeros_like(remove[..., :1]), remove[..., :-1]], axis=-1)
-    remove = jnp.take_along_axis(remove, jnp.argsort(order, axis=-1), axis=-1)
-    return jnp.where(remove, FILL, logits)
-
-
-def top_k_filter(logits: jax.Array, top_k: int) -> jax.Array:
-    """Dream's `top_k_logits`: drop logits below the k-th largest (ties with it survive)."""
-    k = min(top_k, logits.shape[-1])
-    kth = jax.lax.top_k(logits, k)[0][..., -1:]
-    return jnp.where(logits < kth, FILL, logits)
 
 
 def forbid_ids(logits: jax.Array, gen: GenerateConfig, mask_token_id: int) -> jax.Array:
@@ -59,9 +32,9 @@ def position_stats(
 
     Dream's `sample_tokens` order: logits / temperature (T > 0 only), top-p, top-k, softmax; token is
     the argmax (T = 0) or a Gumbel-max sample from `key`; `prob` is its probability, `margin` the
-    top1 - top2 gap, `neg_entropy` sum p log(p + 1e-10). Without top-p/top-k the work goes to
-    `dlm_jax.ops.token_stats` with `impl` ("xla" reference or the fused Pallas kernel), which never
-    materialises the [B, L, V] probabilities. `rows` numbers the rows for the sampling noise
+    top1 - top2 gap, `neg_entropy` sum p log(p + 1e-10). The work goes to `dlm_jax.ops.token_stats`
+    with `impl` ("xla" reference or the fused Pallas kernel, which never materialises the [B, L, V]
+    probabilities and applies top-p/top-k as a per-row cutoff). `rows` numbers the rows for the sampling noise
     (`token_stats`), so a gathered subset draws what the full set would. LLaDA (`low_confidence`/
     `random`) samples at T but scores with the untempered softmax, so `prob` is recomputed from the
     raw logits there.
@@ -75,15 +48,13 @@ def position_stats(
     if gen.logits_temp != 1.0:
         logits = logits / jnp.float32(gen.logits_temp)
     sample_key = key if gen.temperature > 0 else None
-    entropy = gen.alg == "entropy"  # the only rule reading it (the kernel then sweeps the logits twice)
-    filtered = (gen.top_p is not None and gen.top_p < 1) or gen.top_k is not None
-    if filtered:
+    entropy = gen.alg == "entropy" or gen.entropy_budget is not None  # its readers (the kernel then sweeps twice)
+    top_p = gen.top_p if gen.top_p is not None and gen.top_p < 1 else None
+    if top_p is not None or gen.top_k is not None:  # Dream divides before filtering (not by 1/T): keep its numbers
         z = logits / jnp.float32(gen.temperature) if gen.temperature > 0 else logits
-        if gen.top_p is not None and gen.top_p < 1:
-            z = top_p_filter(z, gen.top_p)
-        if gen.top_k is not None:
-            z = top_k_filter(z, gen.top_k)
-        stats = token_stats(z, key=sample_key, with_entropy=entropy, rows=rows, impl="xla")
+        stats = token_stats(
+            z, key=sample_key, with_entropy=entropy, rows=rows, top_p=top_p, top_k=gen.top_k, impl=impl
+        )
     else:
         temperature = gen.temperature or None
         stats = token_stats(logits, temperature=temperature, key=sample_key, with_entropy=entropy, rows=rows, impl=impl)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import pathlib
 import signal
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -24,7 +26,7 @@ from dlm_jax.parallel.distributed import data_shard, is_primary
 from dlm_jax.parallel.sharding import abstract_with_shardings
 from dlm_jax.training.checkpoint import Checkpointer
 from dlm_jax.training.config import ExperimentConfig, TrainConfig
-from dlm_jax.training.init_model import merge_init_config
+from dlm_jax.training.init_model import check_context, merge_init_config
 from dlm_jax.training.metrics_log import MetricsLog, plot_loss
 from dlm_jax.training.optimizer import make_optimizer
 from dlm_jax.training.scaling import apply_flops_budget
@@ -56,13 +58,12 @@ def fit_model_to_tokenizer(model: ModelConfig, tokenizer: Tokenizer) -> ModelCon
 
 def objective_attention(model: ModelConfig, train: TrainConfig) -> ModelConfig:
     """The attention the objective trains: causal for AR, bidirectional for the diffusion objectives (DiffuLLaMA's
-    annealing starts from the model's own mode); a diffusion objective needs a mask token."""
-    if train.objective == "ar":
-        model = model.replace(attention_mode="causal")
-    elif train.objective != "diffullama" or train.anneal_steps == 0:
-        model = model.replace(attention_mode="bidirectional")
-    if train.is_diffusion:
-        model.require_mask_token()
+    annealing mask makes it causal at first, on top of the bidirectional mode); a diffusion objective needs a
+    mask token."""
+    model = model.replace(attention_mode="causal" if train.objective == "ar" else "bidirectional")
+    if train.is_diffusion and model.mask_token_id is None:
+        raise ValueError(f"train.objective={train.objective} needs a mask token, but neither the model nor "
+                         f"data.tokenizer declares one; set model.mask_token_id=<id> (a token id of the model)")
     return model
 
 
@@ -179,7 +180,7 @@ class Trainer:
         self.out_dir = pathlib.Path(exp.logging.out_dir)
         self.progress = exp.logging.progress if progress is None else progress
         train_records, val_records = self._read_records()
-        init_params = self._resolve_config(list(train_records) + list(val_records))
+        init_params = self._resolve_config(itertools.chain(train_records, val_records))  # streamed, never held
         first, local_val = self._build_data(train_records, val_records, devices)
         abstract_state = self._build_state(first, init_params)
         self._build_eval(abstract_state, local_val)
@@ -198,7 +199,7 @@ class Trainer:
                              f"> 0 for a built-in task), or set train.eval_every=0")
         return train_records, val_records
 
-    def _resolve_config(self, records: list[dict[str, Any]]) -> PyTree | None:
+    def _resolve_config(self, records: Iterable[dict[str, Any]]) -> PyTree | None:
         """Set the tokenizer, the model config (fitted to the tokenizer and the objective) and the train config.
 
         Returns the initial params of `checkpoint.init_from` (host arrays), or None for a fresh start.
@@ -219,6 +220,7 @@ class Trainer:
                              f"checkpoint's tokenizer folder")
         self.model_config = objective_attention(model, exp.train)
         self.train_config = apply_flops_budget(exp.train, self.model_config)
+        check_context(self.model_config, self.train_config.seq_len, init_from)
         return init_params
 
     def _build_data(self, train_records: Any, val_records: Any, devices: list | None) -> tuple[dict, list[dict]]:
@@ -283,7 +285,7 @@ class Trainer:
         if ck.resume and self.ckpt.latest_step() is not None:
             template = abstract_with_shardings(abstract_state, self.sharded_step.state_shardings)
             self.state, saved = self.ckpt.restore(template, model_config=self.model_config)
-            self.train_iter.set_state(pick_data_state(saved, self.data_shard))
+            pipeline.restore_state(self.train_iter, pick_data_state(saved, self.data_shard))
             self.resumed_from = int(jax.device_get(self.state.step))
         elif init_params is None:
             self.state = self.sharded_step.init_state(self._fresh_state, seed)  # born sharded, same on any mesh
@@ -370,30 +372,44 @@ class Trainer:
             previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         history: list[dict[str, Any]] = []
         interrupted = False
+        pending = None  # (step, metrics) of a logged step, read back once the next step is queued
+
+        def write(step: int, metrics: Any, evaluate: bool = False) -> None:
+            record: dict[str, Any] = {}
+            if metrics is not None:
+                record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if not math.isfinite(record["loss"]):
+                    raise FloatingPointError(f"loss is {record['loss']} at step {step}; stopping (no checkpoint)")
+            val = self.evaluate(self.state.params) if evaluate else None
+            if val is not None:
+                record["val_elbo"] = val
+            if record:
+                record = {"step": step, **record}
+                history.append(record)
+                if log is not None:
+                    log.write(record)
+
         try:
             for step in range(start + 1, tc.max_steps + 1):
                 batch = self.sharded_step.shard_batch(next(self.train_iter), global_batch_size=tc.batch_size)
                 self.state, metrics = self.step_fn(self.state, batch)
-                record: dict[str, Any] = {}
+                if pending is not None:  # the previous step's numbers, read while this step runs
+                    write(*pending)
+                    pending = None
                 logged = step % tc.log_every == 0 or step == tc.max_steps
-                if logged:
-                    record = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    if not math.isfinite(record["loss"]):
-                        raise FloatingPointError(f"loss is {record['loss']} at step {step}; stopping (no checkpoint)")
-                if (tc.eval_every and step % tc.eval_every == 0) or step == tc.max_steps:
-                    val = self.evaluate(self.state.params)
-                    if val is not None:
-                        record["val_elbo"] = val
-                if record:
-                    record = {"step": step, **record}
-                    history.append(record)
-                    if log is not None:
-                        log.write(record)
-                if self.ckpt.should_save(step):
+                evaluated = (tc.eval_every and step % tc.eval_every == 0) or step == tc.max_steps
+                saving = self.ckpt.should_save(step)
+                if logged and not (evaluated or saving):
+                    pending = (step, metrics)  # reading it now would idle the device while the next batch is made
+                elif logged or evaluated:
+                    write(step, metrics if logged else None, evaluate=bool(evaluated))
+                if saving:
                     self.save()
-                if self._should_stop(logged or self.ckpt.should_save(step)):
+                if self._should_stop(logged or saving):
                     interrupted = True
                     break
+            if pending is not None:
+                write(*pending)
             if self.exp.checkpoint.every > 0 or self.exp.checkpoint.dir or interrupted:
                 self.save(force=True)
             self.ckpt.wait()

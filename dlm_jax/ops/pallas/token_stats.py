@@ -7,6 +7,11 @@ sum p*log(p + 1e-10) with the final log-sum-exp, so the entropy matches Dream's 
 rather than an approximation. No [N, V] probability tensor is ever written: HBM traffic is one
 read of the logits per sweep plus O(N) outputs.
 
+Dream's top-p/top-k filters enter as a per-row cutoff (`filter_cutoff`: two numbers per row from an
+XLA pre-pass, `lax.top_k` for top-k, one sort per row for top-p as in Dream); the kernel sets the
+logits below it to `FILL` in each vocabulary block before any statistic, which is what the
+reference's filtered [N, V] copy holds.
+
 Grid: (row blocks, sweeps, vocab blocks); the vocabulary axis is the reduction ("arbitrary").
 A ragged last vocabulary block is masked by column index; ragged rows are dropped on write.
 """
@@ -24,9 +29,12 @@ from dlm_jax.ops.pallas.common import NUM_LANES, NUM_SUBLANES, check_block, fit_
 from dlm_jax.ops.stats_common import (
     ENTROPY_EPS,
     TokenStats,
+    apply_cutoff,
+    filter_cutoff,
     gumbel_from_counters,
     inverse_temperature,
     key_to_seed,
+    uses_top_p,
 )
 
 _NO_INDEX = 2**31 - 1
@@ -40,13 +48,16 @@ def _first_argmax(values, cols):
 
 
 def _kernel(
-    inv_t_ref, seed_ref, rows_ref, x_ref, tok_ref, stats_ref, m1, m2, idx, den, gmax, gidx, zsel, ent,
-    *, vocab, br, bv, sample, sweeps,
+    inv_t_ref, seed_ref, rows_ref, cut_v_ref, cut_c_ref, x_ref, tok_ref, stats_ref, m1, m2, idx, den, gmax, gidx,
+    zsel, ent, *, vocab, br, bv, sample, sweeps, filtered,
 ):  # fmt: skip
     sweep, j = pl.program_id(1), pl.program_id(2)
     cols = jax.lax.broadcasted_iota(jnp.int32, (br, bv), 1) + j * bv
     in_vocab = cols < vocab
-    z = jnp.where(in_vocab, x_ref[...].astype(jnp.float32) * inv_t_ref[0], -jnp.inf)
+    z = x_ref[...].astype(jnp.float32) * inv_t_ref[0]
+    if filtered:
+        z = apply_cutoff(z, cut_v_ref[...], cut_c_ref[...], cols)
+    z = jnp.where(in_vocab, z, -jnp.inf)
 
     @pl.when((sweep == 0) & (j == 0))
     def _init():
@@ -63,7 +74,8 @@ def _kernel(
         m_new = jnp.maximum(m_old, b1)
         m2[...] = jnp.maximum(jnp.minimum(m_old, b1), jnp.maximum(m2[...], b2))
         idx[...] = jnp.where(b1 > m_old, bidx, idx[...])
-        den[...] = den[...] * jnp.exp(m_old - m_new) + jnp.sum(jnp.exp(z - m_new[:, :1]), axis=1, keepdims=True)
+        m_ref = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # a block of only -inf logits so far adds 0, not NaN
+        den[...] = den[...] * jnp.exp(m_old - m_ref) + jnp.sum(jnp.exp(z - m_ref[:, :1]), axis=1, keepdims=True)
         m1[...] = m_new
         if sample:
             zg = jnp.where(in_vocab, z + gumbel_from_counters(seed_ref, rows_ref[...], cols), -jnp.inf)
@@ -102,6 +114,8 @@ def pallas_token_stats(
     key: jax.Array | None = None,
     with_entropy: bool = True,
     rows: jax.Array | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
     block_rows: int = 32,
     block_vocab: int = 2048,
     interpret: bool | None = None,
@@ -110,6 +124,7 @@ def pallas_token_stats(
 
     `with_entropy=False` skips the second sweep over the logits (neg_entropy is then 0).
     `rows`: the rows' numbers for the sampling noise (default 0, 1, 2, ...), as in `xla_token_stats`.
+    `top_p` (< 1) / `top_k`: Dream's filters, applied in the kernel from a per-row `filter_cutoff`.
     `block_rows` (multiple of 8) x `block_vocab` (multiple of 128) is the tile held in VMEM.
 
     Example:
@@ -129,6 +144,12 @@ def pallas_token_stats(
     seed = key_to_seed(key) if sample else jnp.zeros((2,), jnp.uint32)
     inv_t = inverse_temperature(temperature).reshape(1)
     row_ids = jnp.arange(n, dtype=jnp.int32) if rows is None else jnp.asarray(rows).astype(jnp.int32).reshape(n)
+    filtered = uses_top_p(top_p) or top_k is not None
+    if filtered:
+        cut_v, cut_c = filter_cutoff(x.astype(jnp.float32) * inv_t[0], top_p, top_k)
+    else:
+        cut_v, cut_c = jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.int32)
+    row_spec = pl.BlockSpec((br, 1), lambda i, s, j: (i, 0))
     row_stat = pltpu.VMEM((br, NUM_LANES), jnp.float32)
     row_idx = pltpu.VMEM((br, NUM_LANES), jnp.int32)
     smem = pl.BlockSpec(memory_space=pltpu.SMEM)
@@ -140,9 +161,9 @@ def pallas_token_stats(
     else:
         compiler["compiler_params"] = pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary", "arbitrary"))
     tok, stats = pl.pallas_call(
-        functools.partial(_kernel, vocab=vocab, br=br, bv=bv, sample=sample, sweeps=sweeps),
+        functools.partial(_kernel, vocab=vocab, br=br, bv=bv, sample=sample, sweeps=sweeps, filtered=filtered),
         grid=(pl.cdiv(n, br), sweeps, pl.cdiv(vocab, bv)),
-        in_specs=[smem, smem, pl.BlockSpec((br, 1), lambda i, s, j: (i, 0)), logits_spec],
+        in_specs=[smem, smem, row_spec, row_spec, row_spec, logits_spec],
         out_specs=[out_spec, out_spec],
         out_shape=[
             jax.ShapeDtypeStruct((n, NUM_LANES), jnp.int32),
@@ -150,7 +171,7 @@ def pallas_token_stats(
         ],
         scratch_shapes=[row_stat, row_stat, row_idx, row_stat, row_stat, row_idx, row_stat, row_stat],
         **compiler,
-    )(inv_t, seed, row_ids[:, None], x)
+    )(inv_t, seed, row_ids[:, None], cut_v[:, None], cut_c[:, None], x)
     return TokenStats(
         tok[:, 0].reshape(lead),
         stats[:, 0].reshape(lead),
