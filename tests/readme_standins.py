@@ -116,7 +116,7 @@ def llama_tokenizer(folder: pathlib.Path) -> pathlib.Path:
     return folder
 
 
-LM_EVAL_TASK = """task: my_task
+LM_EVAL_MC_TASK = """task: {name}
 dataset_path: json
 dataset_kwargs:
   data_files:
@@ -131,15 +131,21 @@ metric_list:
 """
 
 
+def lm_eval_mc_task(folder: pathlib.Path, name: str, docs: list[dict]) -> pathlib.Path:
+    """A multiple-choice lm-eval task `name` in `folder` (`{name}.yaml` over `{name}.jsonl` of `docs`:
+    question, choices, label)."""
+    data = write_jsonl(folder / f"{name}.jsonl", docs)
+    (folder / f"{name}.yaml").write_text(LM_EVAL_MC_TASK.format(name=name, data=data.resolve()))
+    return folder
+
+
 def lm_eval_task(folder: pathlib.Path) -> pathlib.Path:
     """An lm-eval task folder (`--include_path`): a multiple-choice task `my_task` over a local JSONL file."""
-    data = write_jsonl(folder / "my_task.jsonl", [
+    return lm_eval_mc_task(folder, "my_task", [
         {"question": "the sky is", "choices": ["blue", "red"], "label": 0},
         {"question": "the sun is", "choices": ["cold", "hot"], "label": 1},
         {"question": "the grass is", "choices": ["green", "red"], "label": 0},
     ])
-    (folder / "my_task.yaml").write_text(LM_EVAL_TASK.format(data=data.resolve()))
-    return folder
 
 
 def sentences(n: int, seed: int, words: int = 12) -> list[str]:
@@ -163,13 +169,6 @@ def pretraining_data(path: pathlib.Path) -> pathlib.Path:
     """`data/train.jsonl` and, beside it, `val.jsonl` (the experiment configs' data.path and data.val_path)."""
     text_corpus(path.with_name("val.jsonl"), 32, 2)
     return text_corpus(path, 96, 1)
-
-
-def dream_sft(path: pathlib.Path, n: int) -> pathlib.Path:
-    """Dream's SFT layout: {"prompt": [messages], "response": "..."}."""
-    rows = [{"prompt": [{"role": "user", "content": q}], "response": a}
-            for q, a in zip(sentences(n, 1, 6), sentences(n, 2, 8), strict=True)]
-    return write_jsonl(path, rows)
 
 
 def gsm8k(path: pathlib.Path, n: int) -> pathlib.Path:

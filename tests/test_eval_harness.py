@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import readme_standins as standins
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -29,19 +30,6 @@ GEN_DOCS = [
     {"question": "what color is the grass", "answer": "green"},
     {"question": "what color is the sun", "answer": "hot"},
 ]
-MC_YAML = """task: tiny_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}/mc.jsonl
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{label}}}}"
-metric_list:
-  - metric: acc
-"""
 GEN_YAML = """task: tiny_gen
 dataset_path: json
 dataset_kwargs:
@@ -95,9 +83,8 @@ def setup(tmp_path_factory):
     tok.save_pretrained(str(model_dir))
     data = root / "data"
     data.mkdir()
-    (data / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in MC_DOCS))
+    standins.lm_eval_mc_task(data, "tiny_mc", MC_DOCS)
     (data / "gen.jsonl").write_text("".join(json.dumps(d) + "\n" for d in GEN_DOCS))
-    (data / "tiny_mc.yaml").write_text(MC_YAML.format(data=data))
     (data / "tiny_gen.yaml").write_text(GEN_YAML.format(data=data))
     loaded = DiffusionLM.from_pretrained(model_dir)
     return {"model_dir": model_dir, "data": data, "model": loaded, "tok": tok}

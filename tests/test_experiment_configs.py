@@ -48,9 +48,9 @@ CASES = {
     # 110 steps: past the periodic validation and checkpoint at step 100 (eval_every/every: 100).
     "tiny_ar": Case(("train.max_steps=110",), loss_falls=True),
 }
-# Shipped configs trained elsewhere: as shipped by the chain test (train -> generate -> eval), and with their
-# own batch sizes on the README's stand-ins by tests/test_readme_commands.py (init_from keeping the checkpoint's
-# shapes is checked below and there).
+# Shipped configs trained elsewhere: as shipped by the chain test (train -> generate -> eval), with their
+# own batch sizes on the README's stand-ins by tests/test_readme_commands.py, and dream_sft / diffugpt_adapt by
+# tests/test_objectives_end_to_end.py (init_from keeping the checkpoint's shapes is checked below and there).
 COVERED_ELSEWHERE = {"tiny_mdm", "sudoku_sft", "dream_sft", "diffugpt_adapt", "smdm_scaling"}
 
 

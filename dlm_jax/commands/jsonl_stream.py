@@ -11,6 +11,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+from dlm_jax.data.jsonl import parse_line
+
 
 class Stopped(BaseException):
     """Raised in the main thread when SIGTERM arrives during `stop_on_sigterm` (a BaseException, like
@@ -76,14 +78,11 @@ def read_done(path: pathlib.Path) -> list[dict[str, Any]]:
         with path.open("r+b") as f:
             f.truncate(end)
     rows = []
-    for number, line in enumerate(data[:end].decode("utf-8").splitlines(), start=1):
+    for number, line in enumerate(data[:end].splitlines(), start=1):
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: malformed JSON ({e.msg}); cannot --resume from it") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object; cannot --resume from it")
-        rows.append(row)
+            rows.append(parse_line(line, path, number))
+        except ValueError as e:
+            raise ValueError(f"{e}; cannot --resume from it") from None
     return rows
 
 
