@@ -89,13 +89,29 @@ def _host_leaf(leaf: Leaf) -> np.ndarray:
 
 
 def _sharded_leaf(leaf: Leaf, sharding: jax.sharding.Sharding) -> jax.Array:
-    """Only the rows of this process's shards are read; each shard is cut from them."""
+    """Each block of rows is read once and cut into the shards of this process's devices that need it.
 
-    def shard(index: tuple[slice, ...]) -> np.ndarray:
-        start, stop, _ = index[0].indices(leaf.shape[0])
-        return leaf.read(start, stop)[(slice(None), *index[1:])]
-
-    return jax.make_array_from_callback(leaf.shape, sharding, shard)
+    Devices with the same index (replicas) share one host buffer; the peak is this process's shards
+    plus one block, whatever the number of devices.
+    """
+    shards: dict[tuple, tuple[int, int, tuple[slice, ...], np.ndarray, list]] = {}
+    for device, index in sharding.addressable_devices_indices_map(leaf.shape).items():
+        key = tuple((s.start, s.stop, s.step) for s in index)
+        if key not in shards:
+            start, stop, _ = index[0].indices(leaf.shape[0])
+            shape = [len(range(*s.indices(dim))) for s, dim in zip(index, leaf.shape, strict=True)]
+            shards[key] = (start, stop, index[1:], aligned_empty(tuple(shape), leaf.dtype), [])
+        shards[key][4].append(device)
+    for block_start, block_stop in leaf.blocks():
+        wanted = [s for s in shards.values() if s[0] < block_stop and block_start < s[1]]
+        if not wanted:
+            continue
+        block = leaf.read(block_start, block_stop)
+        for start, stop, rest, out, _ in wanted:
+            lo, hi = max(start, block_start), min(stop, block_stop)
+            out[lo - start : hi - start] = block[(slice(lo - block_start, hi - block_start), *rest)]
+    arrays = [jax.device_put(out, device) for _, _, _, out, devices in shards.values() for device in devices]
+    return jax.make_array_from_single_device_arrays(leaf.shape, sharding, arrays)
 
 
 def materialize(leaves: dict[Path, Leaf], shardings: dict[Path, Any] | None = None) -> dict:

@@ -109,13 +109,6 @@ def allgather_json(obj: Any) -> list[Any]:
     return [json.loads(bytes(row[:n]).decode()) for row, n in zip(rows, sizes, strict=True)]
 
 
-def host_copy(tree: PyTree) -> PyTree:
-    """Numpy copies of (possibly multi-process sharded) arrays; every process must call it."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    return multihost_utils.process_allgather(tree, tiled=True)
-
-
 def pick_data_state(saved: dict[str, Any], shard: tuple[int, int]) -> dict[str, Any]:
     """This data shard's iterator state from a checkpoint's `{"shard_count", "shards"}` record.
 
@@ -430,8 +423,9 @@ class Trainer:
         Beside the weights: the tokenizer as HF files (the built-in word/char one too) and
         `dlm_jax_training.json`, the data/task settings of this run (`eval`'s task defaults).
         Collective: process 0 makes the temporary folder, every process joins orbax's save of the
-        gathered (host, unsharded) parameters, and process 0 renames the folder into place once the
-        save completed. Unsharded, so it loads on any device layout.
+        sharded parameters (each writes only the shards it holds; nothing is gathered), and process 0
+        renames the folder into place once the save completed. Stored as whole arrays, so it loads on
+        any device layout.
         """
         from dlm_jax import checkpoint_io
         from dlm_jax.data.training_record import write_training_record
@@ -442,7 +436,7 @@ class Trainer:
             if is_primary():
                 tmp = stack.enter_context(atomic_output_dir(self.out_dir / "model", overwrite=True))
             tmp = pathlib.Path(allgather_json(str(tmp))[0])
-            checkpoint_io.save_native(tmp, self.model_config, host_copy(self.state.params), None)
+            checkpoint_io.save_native(tmp, self.model_config, self.state.params, None)
             if is_primary():
                 self.tokenizer.save_pretrained(tmp)
                 write_training_record(tmp, data=dataclasses.asdict(self.exp.data), seq_len=self.train_config.seq_len,
