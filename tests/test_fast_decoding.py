@@ -22,7 +22,8 @@ PAD = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
 def tiny(shifted: bool) -> tuple[ModelConfig, dict]:
     """A GQA model (4 query heads, 2 K/V heads), shifted like Dream or unshifted like LLaDA."""
     config = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                         intermediate_size=64, mask_token_id=MASK, eos_token_id=EOS, logit_shift=shifted)
+                         intermediate_size=64, mask_token_id=MASK, eos_token_id=EOS, logit_shift=shifted,
+                         rope_theta=10000.0 if shifted else 10.0)  # fast rotations: masks differ by position
     params = decoder.init(jax.random.key(1 if shifted else 2), config)
     # weights x10 (std 0.2): peaked, position-dependent predictions, so confidences have no near-ties
     return config, jax.tree.map(lambda w: w * 10 if w.ndim >= 2 else w, params)
@@ -105,19 +106,18 @@ def test_parallel_rules_match_numpy_references_on_random_confidences():
 
 def test_rows_attention_pallas_matches_xla_on_a_window_of_rows():
     keys = jax.random.split(jax.random.key(0), 3)
-    q = jax.random.normal(keys[0], (2, 5, 4, 8))
-    k, v = (jax.random.normal(key, (2, 13, 2, 8)) for key in keys[1:])
-    q_valid = jnp.array([[True] * 5, [False, True, True, True, True]])
-    kv_valid = jnp.arange(13)[None] < jnp.array([[10], [13]])  # a suffix window on row 0
-    kv_valid = kv_valid & (jnp.arange(13)[None] >= jnp.array([[0], [1]]))  # a pad key on row 1
-    xla = rows_attention(q, k, v, q_valid, kv_valid, impl="xla")
-    pallas = jax.jit(lambda *a: rows_attention(*a, impl="pallas"))(q, k, v, q_valid, kv_valid)
-    np.testing.assert_allclose(np.asarray(pallas)[np.asarray(q_valid)], np.asarray(xla)[np.asarray(q_valid)],
-                               atol=2e-5)
+    q = jax.random.normal(keys[0], (1, 5, 2, 8))  # 5 query rows, GQA: 2 query heads on 1 K/V head
+    k, v = (jax.random.normal(key, (1, 13, 1, 8)) for key in keys[1:])
+    q_valid = jnp.array([[False, True, True, True, True]])  # a pad row
+    kv_valid = (jnp.arange(13) >= 1) & (jnp.arange(13) < 10)  # a pad key, a suffix window
+    xla = rows_attention(q, k, v, q_valid, kv_valid[None], impl="xla")
+    pallas = jax.jit(lambda *a: rows_attention(*a, impl="pallas"))(q, k, v, q_valid, kv_valid[None])
+    np.testing.assert_allclose(np.asarray(pallas)[0, 1:], np.asarray(xla)[0, 1:], atol=2e-5)
+    assert not np.asarray(pallas)[0, 0].any()  # the pad row is 0
     scores = jnp.einsum("qhd,khd->hqk", q[0], jnp.repeat(k[0], 2, axis=1)) / jnp.sqrt(8.0)
-    weights = jax.nn.softmax(jnp.where(kv_valid[0][None, None], scores, -jnp.inf), axis=-1)
+    weights = jax.nn.softmax(jnp.where(kv_valid[None, None], scores, -jnp.inf), axis=-1)
     direct = jnp.einsum("hqk,khd->qhd", weights, jnp.repeat(v[0], 2, axis=1))
-    np.testing.assert_allclose(np.asarray(xla[0]), np.asarray(direct), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(xla[0, 1:]), np.asarray(direct[1:]), atol=2e-5)
 
 
 def test_dual_cache_refreshed_every_step_is_the_exact_sampler_shifted_model():
@@ -150,7 +150,8 @@ def test_threshold_one_commits_one_token_per_step_with_dual_cache_and_early_exit
     config, params = model = tiny(True)
     frames = []
     out = run(model, max_new_tokens=12, alg="maskgit_plus", block_length=4, threshold=1.0, cache="dual",
-              early_exit=True, forbid_mask_token=True, step_callback=lambda step, x: frames.append((int(step), np.asarray(x))))
+              early_exit=True, forbid_mask_token=True,
+              step_callback=lambda step, x: frames.append((int(step), np.asarray(x))))
     history, seq, nfe = np.asarray(out.history), np.asarray(out.sequences), np.asarray(out.nfe)
     steps = len(frames)
     assert [s for s, _ in frames] == list(range(steps))  # the callback saw every step, in order, as it ran
@@ -202,3 +203,13 @@ def test_entropy_budget_with_a_suffix_window_prefix_cache_matches_no_cache():
 def test_bad_knobs_are_refused_in_one_line(knobs, match):
     with pytest.raises(ValueError, match=match):
         GenerateConfig(**{"max_new_tokens": 8, "alg": "entropy", **knobs})
+
+
+def test_model_settings_that_block_wise_decoding_needs_are_checked_before_compiling():
+    config, params = tiny(True)
+    gen = GenerateConfig(max_new_tokens=8, alg="entropy", block_length=4, early_exit=True)
+    with pytest.raises(ValueError, match="early_exit needs the model config's eos_token_id"):
+        generate(params, config.replace(eos_token_id=None), IDS, PAD, gen, jax.random.key(0))
+    with pytest.raises(ValueError, match="cache='dual' needs a bidirectional model"):
+        causal = config.replace(attention_mode="causal")
+        generate(params, causal, IDS, PAD, gen.replace(cache="dual"), jax.random.key(0))

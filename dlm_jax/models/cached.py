@@ -40,9 +40,18 @@ def empty_cache(config: ModelConfig, batch: int, length: int) -> KVCache:
     return KVCache(zeros, zeros)
 
 
+def _per_slice(config: ModelConfig) -> bool:
+    """16-bit weights on XLA:CPU: slice (and upcast) one layer at a time, as `decoder` does, or XLA hoists a
+    float32 copy of every stacked weight out of the sampler loop."""
+    return jax.default_backend() == "cpu" and jnp.dtype(config.param_dtype).itemsize == 2
+
+
 def _embed(params: Any, config: ModelConfig, ids: jax.Array, positions: jax.Array) -> jax.Array:
     dt = jnp.dtype(config.compute_dtype)
-    x = jnp.take(params["embed"]["embedding"], ids, axis=0).astype(dt)
+    table = params["embed"]["embedding"]
+    if _per_slice(config):
+        table, ids = jax.lax.optimization_barrier((table, ids))
+    x = jnp.take(table, ids, axis=0).astype(dt)
     if config.position_kind == "learned":
         x = x + jnp.take(params["pos_embed"]["embedding"], positions, axis=0).astype(dt)
     return x.astype(dt)
@@ -106,11 +115,18 @@ def forward_rows(
     x = _embed(params, config, ids, positions)
     rope = rope_tables(positions, config.head_dim, config.rope_theta) if config.position_kind != "learned" else None
 
-    def body(h, xs):
-        layer, k_all, v_all = xs
+    stacked = params["layers"]
+
+    def body(carry, xs):
+        h, i = carry
+        k_all, v_all = xs
+        weights = stacked
+        if _per_slice(config):
+            weights, i = jax.lax.optimization_barrier((stacked, i))
+        layer = jax.tree.map(lambda w: jax.lax.dynamic_index_in_dim(w, i, keepdims=False), weights)
         h, k_all, v_all = _layer(layer, config, h, rope, k_all, v_all, start, q_valid, kv_valid)
-        return h, (k_all, v_all)
+        return (h, i + 1), (k_all, v_all)
 
     unroll = 1 if config.scan_layers else config.num_layers
-    x, (k, v) = jax.lax.scan(body, x, (params["layers"], cache.k, cache.v), unroll=unroll)
+    (x, _), (k, v) = jax.lax.scan(body, (x, jnp.int32(0)), (cache.k, cache.v), unroll=unroll)
     return Norm(config).apply({"params": params["final_norm"]}, x), KVCache(k, v)

@@ -7,17 +7,22 @@ block by the alg's count (`steps / blocks` steps per block) or by a parallel rul
 The trunk runs, per `cache`:
 
 - "none": on the whole canvas every step.
-- "prefix": at a block's first step on the whole canvas, filling a K/V cache; later steps on the rows from
-  the block to the end (at a few static sizes) against the cached K/V of the prefix.
-- "dual": as "prefix", but later steps run only the block's rows (plus the row before it when shifted),
-  the masked suffix coming from the cache too.
+- "prefix": at a block's first step the whole canvas fills a K/V cache; every step then runs the rows from
+  the block to the end (at a few static sizes, or up to `suffix_window` past the block) against the
+  cached K/V of the rows before them.
+- "dual": as "prefix", but a step runs only the block's rows (plus the row before it when shifted), the
+  masked suffix's K/V coming from the cache too.
 
-`cache_refresh="step"` refills the cache before every step, which makes the cached modes compute the same
-numbers as "none". `suffix_window=W` hides keys more than W past the block; `early_exit` ends a row once
-its finished blocks hold an EOS (or pad) token and fills the rest of its canvas with it. With the alg's
-count a block takes `steps / blocks` steps (as LLaDA's blocks); with a parallel rule it ends as soon as
-every row has decoded it, and the mask id is never predicted (it would stall the block). Masks inside the
-prompt are not decoded here.
+The refresh only fills the cache, so every step's logits come from the same cached path (one window more
+per block than Fast-dLLM, which takes a block's first logits from the full forward); a window's fresh K/V
+serve its own step. `cache_refresh="step"` refills the cache before every step, which makes the cached
+modes compute the same numbers as "none".
+
+`suffix_window=W` hides keys more than W past the block; `early_exit` ends a row once its finished blocks
+hold an EOS (or pad) token and fills the rest of its canvas with it. With the alg's count a block takes
+`steps / blocks` steps (as LLaDA's blocks); with a parallel rule it ends as soon as every row has decoded
+it, and the mask id is never predicted (it would stall the block). Masks inside the prompt are not
+decoded here.
 """
 
 from __future__ import annotations

@@ -21,8 +21,10 @@ from dlm_jax.sampling.stats import forbid_ids, position_stats
 
 
 class GenerateOutput(NamedTuple):
-    """`sequences` [B, L + G]; `history` [steps, B, L + G] (canvas after each step) or None;
-    `nfe` [B] model calls each row needed until it had no masks left (CFG counts 2 per step);
+    """`sequences` [B, L + G]; `history` [steps, B, L + G] (canvas after each step; `max_new_tokens` frames
+    for a parallel rule, whose step count is not known in advance; the last canvas repeats) or None;
+    `nfe` [B] model calls giving logits each row needed until it had no masks left (CFG counts 2 per step;
+    a K/V cache refresh is not one, its cost is in `forward_equivalents`);
     `tokens_per_step` [B] positions decoded per step; `forward_equivalents` [B] the trunk's FLOPs in
     forwards over the whole canvas (equal to `nfe` for the exact sampler; see `blocks.forward_cost`)."""
 
