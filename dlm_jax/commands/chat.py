@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             out = model.diffusion_generate([prompt], gen=gen, **options)
         reply = out.texts[0]
         console.print(f"assistant> {reply}", markup=False, highlight=False)
-        console.print(f"[dim]({int(out.nfe[0])} forward passes)[/dim]")
+        cost = f"{int(out.nfe[0])} forward passes, {float(out.forward_equivalents[0]):.1f} full-canvas equivalents"
+        console.print(f"[dim]({cost}, {float(out.tokens_per_step[0]):.2f} tokens per step)[/dim]")
         messages.append({"role": "assistant", "content": reply})
     return 0
