@@ -85,7 +85,7 @@ def train_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "task_steps": args.task_steps, "canvas": args.canvas, "hidden": args.hidden, "layers": args.layers,
         "train_steps": args.train_steps, "batch": args.batch, "lr": args.lr, "train_examples": args.train_examples,
-        "seed": args.seed,
+        "seed": args.seed, "init_from": args.init_from,
     }
 
 
@@ -107,16 +107,17 @@ def train_or_load(args: argparse.Namespace) -> tuple[DiffusionLM, Any, dict[str,
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     prompt_len = 5  # the four seed digits and the newline of the pairs format
     heads = max(4, args.hidden // 32)
+    shape = {"hidden_size": args.hidden, "num_layers": args.layers, "num_heads": heads,
+             "num_kv_heads": max(1, heads // 2), "intermediate_size": 4 * args.hidden, "vocab_size": 32,
+             "max_position_embeddings": prompt_len + args.canvas}
     exp = experiment_from_dict({
-        "model": {"family": "dream", "hidden_size": args.hidden, "num_layers": args.layers, "num_heads": heads,
-                  "num_kv_heads": max(1, heads // 2), "intermediate_size": 4 * args.hidden, "vocab_size": 32,
-                  "max_position_embeddings": prompt_len + args.canvas},
+        "model": {"family": "dream", **({} if args.init_from else shape)},  # init_from: the checkpoint's shapes
         "train": {"objective": "dream", "sft_pad_loss": True, "max_steps": args.train_steps,
                   "batch_size": args.batch, "seq_len": prompt_len + args.canvas, "lr": args.lr,
                   "min_lr": args.lr / 10, "warmup_steps": min(100, args.train_steps // 10), "weight_decay": 0.0,
                   "log_every": max(1, args.train_steps // 20), "seed": args.seed},
         "data": {"kind": "jsonl", "path": str(data), "format": "pairs", "options": {"level": "char"}},
-        "checkpoint": {"every": 0, "resume": False, "export": True},
+        "checkpoint": {"every": 0, "resume": False, "export": True, "init_from": args.init_from},
         "logging": {"out_dir": str(cache / "run"), "progress": False},
     })
     start = time.perf_counter()
@@ -275,7 +276,7 @@ def plot(results: list[dict[str, Any]], path: pathlib.Path) -> None:
     for i, r in enumerate(r for r in results if r["available"]):
         ax.scatter(r["tokens_per_second"], 100 * r["accuracy"], marker=markers[i % len(markers)], s=60,
                    label=r["mode"], alpha=0.8)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
     ax.set_ylim(-3, 103)
     ax.set_xscale("log")
     ax.set_xlabel("canvas tokens decoded per second (log)")
@@ -300,6 +301,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-from", help="start training from this model folder (e.g. an earlier run's model)")
     p.add_argument("--problems", type=int, default=64)
     p.add_argument("--eval-batch", type=int, default=32)
     p.add_argument("--block", type=int, default=32)

@@ -175,26 +175,3 @@ def arithmetic_records(num: int, seed: int = 0, max_value: int = 99, ops: str = 
         value = {"+": a + b, "-": a - b, "*": a * b}[op]
         out.append({"input": f"{a}{op}{b}=", "output": str(value)})
     return out
-
-
-def check_countdown(problem: str, answer: str) -> bool:
-    """True when `answer` is an equation chain that uses each input number once and reaches the target."""
-    *numbers, target = (int(v) for v in problem.split(","))
-    pool = list(numbers)
-    value = None
-    for step in answer.split(","):
-        try:
-            lhs, rhs = step.split("=")
-            op = next(c for c in "+-*/" if c in lhs[1:])
-            a, b = (int(v) for v in lhs.split(op, 1))
-            value = int(rhs)
-        except (ValueError, StopIteration):
-            return False
-        if _apply(max(a, b), min(a, b), op) != value and _apply(a, b, op) != value:
-            return False
-        for v in (a, b):
-            if v not in pool:
-                return False
-            pool.remove(v)
-        pool.append(value)
-    return value == target and len(pool) == 1
