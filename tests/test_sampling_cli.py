@@ -60,6 +60,7 @@ def test_generate_jsonl_batch_matches_the_api_on_the_same_padded_batch(model_dir
     assert [r["completion_ids"] for r in rows] == [c.tolist() for c in expected.completions]
     assert rows[0]["id"] == "a" and rows[1]["prompt_ids"] == [8, 9]
     assert [r["nfe"] for r in rows] == [4, 4]
+    assert [(r["tokens_per_step"], r["forward_equivalents"]) for r in rows] == [(2.0, 4.0), (2.0, 4.0)]  # 8 in 4
     assert rows[0]["completion"] == " ".join(f"w{t}" for t in rows[0]["completion_ids"])
     assert cli.main([*argv, *SAMPLER]) == 2  # refuses to overwrite an existing output
 

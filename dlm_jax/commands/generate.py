@@ -145,7 +145,8 @@ def read_prompts(path: str, tokenizer: Any | None, vocab_size: int) -> Iterator[
 def generate_batches(
     model, items: list[tuple[dict, list[int]]], gen, options: dict[str, Any], batch_size: int, multiple: int
 ) -> Iterator[list[dict]]:
-    """Yield one list of output rows (input fields + completion, completion_ids, nfe) per finished batch.
+    """Yield one list of output rows (input fields + completion, completion_ids and the cost: nfe, tokens_per_step,
+    forward_equivalents) per finished batch.
 
     Every batch samples with the same seed, so a batch's rows do not depend on the batches before it
     (a resumed run with the same --batch-size reproduces an uninterrupted one).
@@ -167,6 +168,8 @@ def generate_batches(
                 "completion": None if out.texts is None else out.texts[row],
                 "completion_ids": out.completions[row].tolist(),
                 "nfe": int(out.nfe[row]),
+                "tokens_per_step": round(float(out.tokens_per_step[row]), 4),
+                "forward_equivalents": round(float(out.forward_equivalents[row]), 4),
             }
             for row, (record, _) in enumerate(chunk)
         ]
@@ -187,7 +190,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-jsonl", help="batch mode: one JSON object per line with 'prompt' or 'prompt_ids'")
     p.add_argument(
         "--output-jsonl",
-        help="batch mode output (input fields + completion, completion_ids, nfe), written batch by batch",
+        help="batch mode output (input fields + completion, completion_ids, nfe, tokens_per_step, "
+        "forward_equivalents), written batch by batch",
     )
     p.add_argument("--resume", action="store_true", help="continue an --output-jsonl cut short: skip its done rows")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output-jsonl")
