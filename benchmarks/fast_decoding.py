@@ -223,6 +223,8 @@ def step_time_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
             nfe = float(out.nfe.mean())
             rows.append({"mode": mode.name, "canvas": canvas, "available": True, "nfe": nfe,
                          "seconds": seconds, "ms_per_call": 1000 * seconds / nfe})
+            print(f"step time: canvas {canvas} {mode.name}: {nfe:.0f} calls, {1000 * seconds / nfe:.1f} ms/call",
+                  flush=True)
     return rows
 
 

@@ -22,6 +22,7 @@ def pair(request, tmp_path_factory):
     return request.param, hf, DiffusionLM.from_pretrained(folder)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("causal", [False, True])
 def test_logits_match_hf_with_left_padding(pair, causal):
     kind, hf, ours = pair

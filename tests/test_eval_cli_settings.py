@@ -26,6 +26,7 @@ def strict_load(path):
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
+@pytest.mark.slow
 def test_effective_top_k_is_recorded_and_used(model_dir, tmp_path, capsys, monkeypatch):
     facts = tmp_path / "facts.jsonl"
     facts.write_text("".join(json.dumps({"name": f"w{i} w{i + 1}", "description": f"w{i + 9} w7"}) + "\n"
@@ -55,6 +56,7 @@ def test_effective_top_k_is_recorded_and_used(model_dir, tmp_path, capsys, monke
     assert effective_sampler({"remasking": "random", "top_k": 7}) == effective_sampler({"alg": "random", "top_k": 7})
 
 
+@pytest.mark.slow
 def test_strict_json_default_mc_batch_and_output_refusal(model_dir, tmp_path, capsys, monkeypatch):
     corpus = tmp_path / "val.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("w5 w6 w7 w8", "w9 w10 w11")))

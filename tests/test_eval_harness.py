@@ -107,6 +107,7 @@ def direct_generation(model, tok, question, max_new):
     return tok.decode(new, skip_special_tokens=True).split(".")[0]
 
 
+@pytest.mark.slow
 def test_simple_evaluate_matches_direct_computation(setup):
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -141,6 +142,7 @@ def test_simple_evaluate_matches_direct_computation(setup):
     assert res["config"]["sampler"]["max_new_tokens"] == 3
 
 
+@pytest.mark.slow
 def test_lm_eval_cli_through_module_entry_point(setup, tmp_path):
     out = tmp_path / "out"
     cmd = [

@@ -82,6 +82,7 @@ def exact_elbo(cfg, params, prompt, target, kind, eps=0.0, cfg_scale=0.0):
 CASES = [([1, 2, 3], [4, 5, 6]), ([7, 8], [9, 10, 11, 12])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind,shift,cfg_scale", [("elbo", True, 0.0), ("elbo_llada", False, 0.0), ("elbo", False, 0.5)]
 )

@@ -31,6 +31,7 @@ def kernel_name(tmp_path_factory):
         os.environ["JUPYTER_PATH"] = old
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["quickstart.ipynb", pytest.param("train_and_eval.ipynb", marks=pytest.mark.slow)])
 def test_notebook_runs_and_is_stripped(name, kernel_name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)

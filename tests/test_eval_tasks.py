@@ -104,6 +104,7 @@ def tiny_model_dir(tmp_path_factory):
     return path, tok
 
 
+@pytest.mark.slow
 def test_dlm_jax_eval_end_to_end(tiny_model_dir, tmp_path, capsys):
     path, tok = tiny_model_dir
     corpus = tmp_path / "val.jsonl"

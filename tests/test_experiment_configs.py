@@ -70,6 +70,7 @@ def test_every_shipped_experiment_config_has_a_case():
     assert sorted(p.stem for p in EXPERIMENTS.glob("*.yaml")) == sorted([*CASES, *COVERED_ELSEWHERE])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_shipped_experiment_config_trains(name, tmp_path, monkeypatch, capsys, request):
     case, config = CASES[name], EXPERIMENTS / f"{name}.yaml"

@@ -120,6 +120,7 @@ def test_rows_attention_pallas_matches_xla_on_a_window_of_rows():
     np.testing.assert_allclose(np.asarray(xla[0, 1:]), np.asarray(direct[1:]), atol=2e-5)
 
 
+@pytest.mark.slow
 def test_dual_cache_refreshed_every_step_is_the_exact_sampler_shifted_model():
     """Dream-style (shifted) model, left padding, GQA, sampling at temperature 0.7: one block decoded with the
     dual cache refreshed every step gives the exact (no-block) sampler's tokens, step by step."""

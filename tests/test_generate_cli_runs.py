@@ -93,6 +93,7 @@ def test_existing_output_needs_resume_or_overwrite(model_dir, tmp_path, capsys):
     assert len(rows) == 1 and rows[0]["prompt_ids"] == [5, 6] and len(rows[0]["completion_ids"]) == 8
 
 
+@pytest.mark.slow
 def test_sigterm_keeps_whole_lines_and_resume_completes_the_run(model_dir, tmp_path, capsys):
     # Prompts of 3 different lengths, one per batch with no padding: every batch compiles its own
     # sampler, so the run is still busy well after its first batch is written.

@@ -54,6 +54,7 @@ def test_temporaries_do_not_grow_with_the_layers(monkeypatch):
     assert _loop_temp_bytes(_config(8)) > 0.9 * stacked_f32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tie,remat", [(False, False), pytest.param(True, True, marks=pytest.mark.slow)])
 def test_per_layer_path_computes_what_the_scanned_module_computes(monkeypatch, tie, remat):
     config = _config(3, tie=tie, remat=remat)

@@ -25,6 +25,7 @@ def params():
     return decoder.init(jax.random.key(0), CFG)
 
 
+@pytest.mark.slow
 def test_fully_padded_rows_give_finite_logits_and_real_rows_ignore_pads(params):
     ids = jnp.array([[5, 6, 7, 8, 9, 10], [1, 2, 7, 8, 9, 10]])
     mask = jnp.array([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
@@ -54,6 +55,7 @@ def test_causal_mode_equals_an_explicit_boolean_mask_and_differs_from_bidirectio
     assert np.abs(np.asarray(bidir[:, 0] - causal[:, 0])).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_scan_unroll_and_remat_are_the_same_function(params):
     ids = jax.random.randint(jax.random.key(2), (2, 5), 0, 63)
     ref = decoder.apply(params, ids, config=CFG)

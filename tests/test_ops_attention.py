@@ -39,6 +39,7 @@ def _inputs(seed, b, length, h, kvh, d, padded, with_mask, dtype):
     return cast(q), cast(k), cast(v), jnp.asarray(valid), mask, rng
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_flash_matches_reference_outputs_and_grads(case):
     name, b, length, h, kvh, d, causal, padded, with_mask, dtype = case

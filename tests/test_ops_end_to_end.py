@@ -36,6 +36,7 @@ def test_pallas_logits_match_parity_vectors_and_xla(dream, case):
         assert np.abs(got[valid] - want[valid]).max() <= REL * scale
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["gen_topk_margin", "gen_entropy_leftpad"])
 def test_pallas_sampler_reproduces_dream_tokens(dream, case):
     model_dir, vectors, cases = dream

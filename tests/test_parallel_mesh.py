@@ -64,6 +64,7 @@ def sharded(shape):
     return shard_train_step(step, abstract_state, abstract_batch, CFG, part)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
 def test_train_step_matches_one_device(shape):
     _, host, batches, (ref_state, ref_metrics, _, _) = setup()
@@ -83,6 +84,7 @@ def test_train_step_matches_one_device(shape):
     assert mu.sharding.shard_shape(mu.shape) == (2, 32 // fsdp, 64 // tensor)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
 def test_sampler_matches_one_device(shape):
     _, host, batches, _ = setup()

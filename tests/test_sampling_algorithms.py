@@ -130,6 +130,7 @@ def test_dream_top_p_top_k_match_pytorch_port(dream, data_dir, alg, top_p, top_k
 # ---- Dream: origin and alg_temp ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_origin_reveals_each_mask_with_probability_one_minus_s_over_t(dream):
     steps, new = 4, 64
     out = dream.diffusion_generate(_prompts(4, 3), max_new_tokens=new, steps=steps, alg="origin", output_history=True)
@@ -143,6 +144,7 @@ def test_origin_reveals_each_mask_with_probability_one_minus_s_over_t(dream):
     assert not np.array_equal(again.sequences, out.sequences)
 
 
+@pytest.mark.slow
 def test_alg_temp_samples_positions_but_keeps_dream_counts(dream):
     ids = _prompts(2, 3, seed=5)
     kw = dict(max_new_tokens=12, steps=4, alg="maskgit_plus", output_history=True)

@@ -75,6 +75,7 @@ def test_generate_prompt_ids_without_tokenizer(data_dir, capsys):
     assert json.loads(capsys.readouterr().out) == expected.completions[0].tolist()
 
 
+@pytest.mark.slow
 def test_chat_reads_turns_from_stdin_and_applies_the_template(model_dir, api, capsys, monkeypatch):
     model, tok = api
     monkeypatch.setattr("sys.stdin", io.StringIO("w10 w11\nw12\n"))

@@ -10,6 +10,7 @@ from dlm_jax.sampling import GenerateConfig
 from dlm_jax.sampling.stats import position_stats
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("alg", "temperature", "filters"),
     [("entropy", 0.0, {"top_k": None}), ("maskgit_plus", 0.7, {})],  # the second: Dream's default top_k=50

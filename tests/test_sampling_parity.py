@@ -33,6 +33,7 @@ def diffullama(data_dir):
     return DiffusionLM.from_pretrained(folder / "model"), cases, vectors
 
 
+@pytest.mark.slow
 def test_dream_generate_cases_match_sequences_and_every_history_step(dream):
     model, cases, vectors = dream
     gen_cases = [c for c in cases if c["kind"] == "generate"]
@@ -60,6 +61,7 @@ def test_dream_generate_cases_match_sequences_and_every_history_step(dream):
         assert out.nfe.tolist() == [case["steps"]] * len(out.nfe)
 
 
+@pytest.mark.slow
 def test_llada_cases_match(llada):
     model, cases, vectors = llada
     assert len(cases) == 3

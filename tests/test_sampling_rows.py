@@ -53,6 +53,7 @@ def test_head_on_hidden_states_is_the_decoders_forward(untied, tied):
     np.testing.assert_array_equal(jax.jit(lambda h: decoder.head(params, config, h))(hidden), logits)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("gen", "density"),
     [
@@ -86,6 +87,7 @@ def test_row_stats_on_packed_rows_equal_the_full_computation(untied, gen, densit
     np.testing.assert_allclose(got_read, want_read, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_rows_number_the_sampling_noise():
     """A gathered subset of rows draws exactly what those rows draw in the full set (XLA and Pallas)."""
     from dlm_jax.ops.pallas.token_stats import pallas_token_stats
@@ -116,6 +118,7 @@ def _identity_hook(step, x, logits):
     return x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("family", "kwargs"),
     [

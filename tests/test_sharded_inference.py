@@ -28,6 +28,7 @@ def _on_mesh(model: DiffusionLM) -> None:
     assert kernel.addressable_shards[0].data.shape == (kernel.shape[0], kernel.shape[1] // 4, kernel.shape[2] // 2)
 
 
+@pytest.mark.slow
 def test_dream_cli_tokens_and_harness_loglikelihoods_match_one_device(data_dir, tmp_path, capsys):
     """Dream (shifted logits): `generate --mesh` prints the same sampled text (padded batch, temperature > 0), and
     the lm-eval backend with `mesh=` in its model_args gives the same ELBO log-likelihoods."""
@@ -56,6 +57,7 @@ def test_dream_cli_tokens_and_harness_loglikelihoods_match_one_device(data_dir, 
     assert all(ll < 0 for ll, _ in ref)
 
 
+@pytest.mark.slow
 def test_llada_blocks_cfg_and_diffullama_tokens_match_one_device(data_dir):
     """LLaDA-style (unshifted, semi-autoregressive blocks + CFG, batch rows split over fsdp) against one device,
     and DiffuLLaMA's top-k schedule against DiffuLLaMA's own sampler (which one device reproduces exactly:

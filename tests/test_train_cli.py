@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from dlm_jax.cli import main
 from dlm_jax.commands.demo import sparkline
@@ -19,6 +20,7 @@ def _train(tmp_path, *extra):
     return main(argv)
 
 
+@pytest.mark.slow
 def test_train_command_writes_metrics_checkpoint_and_model(tmp_path, capsys):
     assert _train(tmp_path) == 0
     run = tmp_path / "run"

@@ -39,6 +39,7 @@ def compile_cache(tmp_path_factory):
         jax.config.update(k, v)
 
 
+@pytest.mark.slow
 def test_resume_is_exact_and_other_shapes_are_refused(tmp_path, compile_cache):
     root = tmp_path
     straight = Trainer(_exp(root / "straight", 2 * N))

@@ -45,6 +45,7 @@ def _steps(run: pathlib.Path) -> list[int]:
     return [r["step"] for r in metrics_log.read_metrics(run / "metrics.jsonl")]
 
 
+@pytest.mark.slow
 def test_finished_rerun_says_so_and_a_longer_run_resumes(tmp_path, capsys):
     run = tmp_path / "run"
     rc, out, _ = run_cli(_argv(run, "train.max_steps=2"), capsys)

@@ -43,6 +43,7 @@ def test_weight_decay_skips_norms_and_biases(params):
     assert not np.any(np.asarray(updates["final_norm"]["scale"]))
 
 
+@pytest.mark.slow
 def test_grad_accumulation_matches_one_big_batch(params):
     # The AR objective is deterministic, so 2 micro-batches of 2 must equal one batch of 4.
     ids = jax.random.randint(jax.random.key(1), (4, 8), 0, 16)
