@@ -19,7 +19,6 @@ and on all rows (no PyTorch run):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import platform
@@ -31,7 +30,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from timing import Recorder, verdict
+from timing import Recorder, report
 
 from dlm_jax.api import DiffusionLM
 from dlm_jax.models import decoder
@@ -164,11 +163,7 @@ def step_times(a: argparse.Namespace, cfg: ModelConfig, params, ids: np.ndarray,
     for name, ms in times.items():
         print(f"{name:<{width}} | {min(ms):12.1f} | {' '.join(f'{t:.1f}' for t in ms)}")
     print("load average (1/5/15 min): " + " / ".join(f"{v:.1f}" for v in load))
-    timing = rec.summary()
-    print(verdict(timing))
-    out = pathlib.Path(a.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": vars(a), "load_avg": load, "ms_per_step": times, "timing": timing}, indent=1))
+    out = report({"config": vars(a), "load_avg": load, "ms_per_step": times, "timing": rec.summary()}, a.json)
     print(f"wrote {out}")
 
 
@@ -281,10 +276,7 @@ def main() -> None:
     print(f"{'quantity':<{width}} | value\n{'-' * width}-|------")
     for key, value in rows:
         print(f"{key:<{width}} | {value}")
-    print(verdict(result["timing"]))
-    out = pathlib.Path(a.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out = report(result, a.json)
     print(f"wrote {out}")
 
 

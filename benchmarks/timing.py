@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import os
+import pathlib
 import sys
 import time
 from collections.abc import Callable
@@ -124,3 +126,12 @@ def verdict(summary: dict) -> str:
     """One line to print under a result table."""
     tag = "publishable" if summary["publishable"] else "NOT PUBLISHABLE (machine busy)"
     return f"{tag}: {summary['publishable_reason']}; {summary['date_utc']} UTC; {summary['command']}"
+
+
+def report(result: dict, path: str | pathlib.Path) -> pathlib.Path:
+    """Print the verdict of `result["timing"]` and write `result` as JSON to `path` (parents made)."""
+    print(verdict(result["timing"]))
+    out = pathlib.Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    return out

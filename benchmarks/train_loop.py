@@ -14,13 +14,12 @@ already on the device. Phases alternate (benchmarks/timing.py); the ratio loop /
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import tempfile
 import time
 
 import jax
-from timing import Recorder, verdict
+from timing import Recorder, report
 
 from dlm_jax.training.config import load_experiment
 from dlm_jax.training.metrics_log import read_metrics
@@ -90,10 +89,7 @@ def main() -> None:
     print(f"loop {best['loop']:.0f} tokens/s, bare step {best['bare_step']:.0f} tokens/s: "
           f"loop / bare {res['loop_over_bare']:.2f} (phases: loop {[round(v) for v in rates['loop']]}, "
           f"bare {[round(v) for v in rates['bare_step']]})")
-    print(verdict(res["timing"]))
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    report(res, args.out)
 
 
 if __name__ == "__main__":

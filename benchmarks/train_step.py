@@ -15,15 +15,13 @@ writes benchmarks/results/train_step.json.
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from timing import Recorder, torch_sides, verdict
+from timing import Recorder, report, torch_sides
 
 from dlm_jax.models import decoder
 from dlm_jax.models.config import ModelConfig
@@ -234,10 +232,7 @@ def main() -> None:
     if args.breakdown:
         print(f"forward loss {res['jax_forward']['sec_per_step'] * 1e3:.1f} ms, grad "
               f"{res['jax_grad']['sec_per_step'] * 1e3:.1f} ms: grad / forward {res['grad_over_forward']:.2f}x")
-    print(verdict(res["timing"]))
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    report(res, args.out)
 
 
 if __name__ == "__main__":
