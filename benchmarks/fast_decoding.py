@@ -1,10 +1,11 @@
 """Fast decoding at equal accuracy: block-wise decoding, parallel rules, K/V caches, against the exact sampler.
 
-Part 1 trains (or reuses, from `--cache`) a small Dream-style MDM on the built-in worked lagged-sum task
-(`dlm_jax.data.worked_sums`: 4 seed digits -> 12 worked steps, a 71-character answer, EOS-padded to a
-256-token canvas as Dream's SFT does), then decodes held-out seeds with each mode and reports accuracy (every step of
-the worked answer right), model calls (`nfe`), full-forward equivalents (the trunk's FLOPs in forwards over
-the whole canvas), wall time and tokens/s (canvas positions decoded per second):
+Part 1 trains (or reuses, from `--cache`) a small Dream-style MDM (shifted logits) on the built-in
+letter-shift task (`dlm_jax.data.letter_shifts`: a random 8-letter word -> 8 words, each the one before
+moved one letter on, a 71-token answer, EOS-padded to a 256-token canvas as Dream's SFT does), then decodes
+unseen words with each mode and reports accuracy (every letter of the answer right), model calls (`nfe`),
+full-forward equivalents (the trunk's FLOPs in forwards over the whole canvas), wall time and tokens/s
+(canvas positions decoded per second):
 
     exact          one token per step, steps = canvas length (Dream's sampler, maskgit_plus, greedy)
     llada_blocks   LLaDA's semi-autoregressive blocks (low_confidence, block_length, one token per step)
@@ -38,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from dlm_jax.api import DiffusionLM
+from dlm_jax.data.letter_shifts import check_shift, shift_records
 from dlm_jax.data.tokenizer import load_tokenizer
-from dlm_jax.data.worked_sums import check_lagged_sum, lagged_sum_records
 from dlm_jax.models.config import ModelConfig
 from dlm_jax.sampling import GenerateConfig
 
@@ -54,7 +55,8 @@ class Mode:
 
 
 def modes(canvas: int, block: int, tau: float, gamma: float, window: int) -> list[Mode]:
-    """The ladder of the issue: each row adds one knob to the row before (entropy budget swaps the rule)."""
+    """The ladder of the issue: each row adds one knob to the row before (entropy budget swaps the rule); then
+    LLaDA's one-token-per-step blocks with the dual cache, and with early exit."""
     blocks = {"alg": "low_confidence", "block_length": block, "steps": canvas}
     threshold = {"alg": "low_confidence", "block_length": block, "threshold": tau}
     prefix = {**threshold, "cache": "prefix"}
@@ -71,6 +73,8 @@ def modes(canvas: int, block: int, tau: float, gamma: float, window: int) -> lis
         Mode("+suffix_window", window_),
         Mode("+early_exit", early),
         Mode("entropy_budget", budget),
+        Mode("llada_blocks+dual_cache", {**blocks, "cache": "dual"}),
+        Mode("llada_blocks+dual+early_exit", {**blocks, "cache": "dual", "early_exit": True}),
     ]
 
 
@@ -83,7 +87,7 @@ def missing_knobs(settings: dict[str, Any]) -> list[str]:
 def train_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Everything the trained model depends on: the cache is reused only when all of it matches."""
     return {
-        "task_steps": args.task_steps, "canvas": args.canvas, "hidden": args.hidden, "layers": args.layers,
+        "shift": args.shift, "canvas": args.canvas, "hidden": args.hidden, "layers": args.layers,
         "train_steps": args.train_steps, "batch": args.batch, "lr": args.lr, "train_examples": args.train_examples,
         "seed": args.seed, "init_from": args.init_from,
     }
@@ -103,13 +107,13 @@ def train_or_load(args: argparse.Namespace) -> tuple[DiffusionLM, Any, dict[str,
         return DiffusionLM.from_pretrained(folder), load_tokenizer(folder), {**info, "reused": True}
     cache.mkdir(parents=True, exist_ok=True)
     data = cache / "train.jsonl"
-    records = lagged_sum_records(args.train_examples, seed=TRAIN_SEED, steps=args.task_steps)
+    records = shift_records(args.train_examples, seed=TRAIN_SEED, shift=args.shift)
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
-    prompt_len = 5  # the four seed digits and the newline of the pairs format
+    prompt_len = 9  # the word and the newline of the pairs format
     heads = max(4, args.hidden // 32)
     shape = {"hidden_size": args.hidden, "num_layers": args.layers, "num_heads": heads,
              "num_kv_heads": max(1, heads // 2), "intermediate_size": 4 * args.hidden, "vocab_size": 32,
-             "max_position_embeddings": prompt_len + args.canvas}
+             "max_position_embeddings": prompt_len + args.canvas, "logit_shift": True}
     exp = experiment_from_dict({
         "model": {"family": "dream", **({} if args.init_from else shape)},  # init_from: the checkpoint's shapes
         "train": {"objective": "dream", "sft_pad_loss": True, "max_steps": args.train_steps,
@@ -132,9 +136,9 @@ def train_or_load(args: argparse.Namespace) -> tuple[DiffusionLM, Any, dict[str,
 
 # ---- part 1: accuracy and speed per mode ------------------------------------------------------------
 
-def eval_problems(num: int, steps: int) -> list[dict[str, str]]:
-    """`num` problems from the held-out seeds (training never sees them)."""
-    return lagged_sum_records(num, seed=EVAL_SEED, steps=steps, split="eval")
+def eval_problems(num: int, shift: int) -> list[dict[str, str]]:
+    """`num` words drawn with the evaluation seed (unseen in training: 26^8 possible words)."""
+    return shift_records(num, seed=EVAL_SEED, shift=shift)
 
 
 def run_mode(model: DiffusionLM, tokenizer: Any, problems: list[dict[str, str]], mode: Mode,
@@ -144,7 +148,7 @@ def run_mode(model: DiffusionLM, tokenizer: Any, problems: list[dict[str, str]],
     if missing:
         return {"mode": mode.name, "available": False, "why": f"no knob {', '.join(missing)} in this checkout"}
     prompts = np.array([tokenizer.encode(p["input"] + "\n") for p in problems], np.int32)
-    correct, step_ok, nfe, fwd, tps = [], [], [], [], []
+    correct, letter_ok, nfe, fwd, tps = [], [], [], [], []
     timed_seconds, timed_rows, compile_seconds = 0.0, 0, 0.0
     kw = {"max_new_tokens": args.canvas, "temperature": 0.0, "top_k": None, **mode.settings}
     for i in range(0, len(problems), args.eval_batch):
@@ -162,10 +166,9 @@ def run_mode(model: DiffusionLM, tokenizer: Any, problems: list[dict[str, str]],
             timed_rows += len(ids)
         for row, problem in zip(out.completions, problems[i:i + args.eval_batch], strict=True):
             text = tokenizer.decode(row.tolist())
-            correct.append(check_lagged_sum(problem["input"], text, args.task_steps))
-            want = problem["output"].split(",")
-            got = text.strip().split(",")
-            step_ok += [g == w for g, w in zip(got + [""] * len(want), want, strict=False)]
+            correct.append(check_shift(problem["input"], text, shift=args.shift))
+            want, got = problem["output"], text.strip()
+            letter_ok += [g == w for g, w in zip(got.ljust(len(want)), want, strict=False)]
         nfe += out.nfe.tolist()
         fwd += (out.forward_equivalents if out.forward_equivalents is not None else out.nfe).tolist()
         if out.tokens_per_step is not None:
@@ -173,7 +176,7 @@ def run_mode(model: DiffusionLM, tokenizer: Any, problems: list[dict[str, str]],
     per_row = timed_seconds / timed_rows if timed_rows else compile_seconds / len(problems)
     return {
         "mode": mode.name, "available": True, "settings": mode.settings,
-        "accuracy": float(np.mean(correct)), "step_accuracy": float(np.mean(step_ok)), "problems": len(correct),
+        "accuracy": float(np.mean(correct)), "letter_accuracy": float(np.mean(letter_ok)), "problems": len(correct),
         "nfe": float(np.mean(nfe)), "forward_equivalents": float(np.mean(fwd)),
         "tokens_per_step": float(np.mean(tps)) if tps else args.canvas / float(np.mean(nfe)),
         "seconds_per_problem": per_row, "tokens_per_second": args.canvas / per_row,
@@ -236,8 +239,8 @@ def print_tables(results: list[dict[str, Any]], steps: list[dict[str, Any]]) -> 
 
     console = Console(width=150)
     exact = next((r for r in results if r["mode"] == "exact" and r["available"]), None)
-    table = Table(title="fast decoding at equal accuracy (worked lagged sums, held-out seeds)")
-    columns = ("mode", "accuracy", "steps right", "model calls", "fwd equiv.", "tokens/step", "s/problem", "tokens/s",
+    table = Table(title="fast decoding at equal accuracy (letter shifts, unseen words)")
+    columns = ("mode", "accuracy", "letters right", "model calls", "fwd equiv.", "tokens/step", "s/problem", "tokens/s",
                "speedup")
     for col in columns:
         table.add_column(col, justify="left" if col == "mode" else "right")
@@ -246,7 +249,7 @@ def print_tables(results: list[dict[str, Any]], steps: list[dict[str, Any]]) -> 
             table.add_row(r["mode"], "not available", "", "", "", "", "", "", r["why"][:40])
             continue
         speedup = f"{exact['seconds_per_problem'] / r['seconds_per_problem']:.2f}x" if exact else ""
-        table.add_row(r["mode"], f"{100 * r['accuracy']:.1f}%", f"{100 * r['step_accuracy']:.1f}%", f"{r['nfe']:.1f}",
+        table.add_row(r["mode"], f"{100 * r['accuracy']:.1f}%", f"{100 * r['letter_accuracy']:.1f}%", f"{r['nfe']:.1f}",
                       f"{r['forward_equivalents']:.1f}",
                       f"{r['tokens_per_step']:.2f}", f"{r['seconds_per_problem']:.3f}",
                       f"{r['tokens_per_second']:.0f}", speedup)
@@ -274,7 +277,7 @@ def plot(results: list[dict[str, Any]], path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = "osD^v<>Px*"
+    markers = "osD^v<>Px*hH"
     for i, r in enumerate(r for r in results if r["available"]):
         ax.scatter(r["tokens_per_second"], 100 * r["accuracy"], marker=markers[i % len(markers)], s=60,
                    label=r["mode"], alpha=0.8)
@@ -294,18 +297,18 @@ def plot(results: list[dict[str, Any]], path: pathlib.Path) -> None:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", default="/tmp/dlm_jax_fast_decoding", help="trained run reused from here")
-    p.add_argument("--task-steps", type=int, default=12, help="worked steps per answer (12: 71 characters)")
+    p.add_argument("--shift", type=int, default=1, help="letters each word moves on from the one before")
     p.add_argument("--canvas", type=int, default=256)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--train-steps", type=int, default=1500)
-    p.add_argument("--train-examples", type=int, default=50_000)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--train-steps", type=int, default=2500)
+    p.add_argument("--train-examples", type=int, default=80_000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-from", help="start training from this model folder (e.g. an earlier run's model)")
     p.add_argument("--problems", type=int, default=64)
-    p.add_argument("--eval-batch", type=int, default=32)
+    p.add_argument("--eval-batch", type=int, default=16)
     p.add_argument("--block", type=int, default=32)
     p.add_argument("--tau", type=float, default=0.9, help="threshold rule")
     p.add_argument("--gamma", type=float, default=0.1, help="entropy budget")
@@ -331,7 +334,7 @@ def main() -> None:
     results, train_info = [], {}
     if not args.no_accuracy:
         model, tokenizer, train_info = train_or_load(args)
-        problems = eval_problems(args.problems, args.task_steps)
+        problems = eval_problems(args.problems, args.shift)
         for mode in modes(args.canvas, args.block, args.tau, args.gamma, args.window):
             if not args.only or mode.name in args.only:
                 results.append(run_mode(model, tokenizer, problems, mode, args))

@@ -39,6 +39,7 @@ def model_config(args) -> ModelConfig:
         num_heads=args.heads, num_kv_heads=args.kv_heads, intermediate_size=4 * args.hidden, qkv_bias=True,
         rope_theta=10000.0, max_position_embeddings=args.seq, mask_token_id=args.vocab - 1,
         compute_dtype=args.dtype, param_dtype="float32", scan_layers=not args.unroll,
+        remat=args.remat != "none", remat_policy="full" if args.remat == "none" else args.remat,
     )
 
 
@@ -178,6 +179,8 @@ def main() -> None:
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--breakdown", action="store_true", help="also time the forward loss and its grad (dlm-jax)")
     ap.add_argument("--unroll", action="store_true", help="ModelConfig.scan_layers=False (unrolled layer loop)")
+    ap.add_argument("--remat", default="none", choices=("none", "full", "dots"),
+                    help="ModelConfig.remat off, or on with this remat_policy")
     ap.add_argument("--out", default="benchmarks/results/train_step.json")
     args = ap.parse_args()
     rec = Recorder()

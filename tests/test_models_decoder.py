@@ -63,9 +63,13 @@ def test_scan_unroll_and_remat_are_the_same_function(params):
         out = decoder.apply(params, ids, config=CFG.replace(**overrides))
         np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
     grad = jax.grad(lambda p, c: decoder.apply(p, ids, config=c).sum())
-    g_ref, g_remat = grad(params, CFG), grad(params, CFG.replace(remat=True))
-    for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_remat), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    g_ref = grad(params, CFG)
+    for policy in ("full", "dots"):
+        g_remat = grad(params, CFG.replace(remat=True, remat_policy=policy))
+        for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_remat), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="remat_policy='some' is not one of"):
+        CFG.replace(remat_policy="some")
 
 
 def test_bf16_compute_keeps_fp32_params_and_tracks_fp32(params):

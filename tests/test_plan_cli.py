@@ -51,6 +51,7 @@ def test_plan_json_numbers(tiny_yaml):
     assert p["per_device_bytes"]["total"] == sum(p["per_device_bytes"][k] for k in parts)
     assert p["per_device_bytes"]["temporaries"] > 0
     assert p["devices"] == 8 and p["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
+    assert p["remat"] is True and p["remat_policy"] == "full"
     flops_token = 6 * (v * d + layers * (4 * d * d + 3 * d * f)) + 12 * layers * s * d
     assert p["flops_per_token"] == flops_token
     assert p["flops_per_step"] == flops_token * 8 * 32

@@ -42,6 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--param-dtype", default="float32", choices=("float32", "bfloat16"), help="master weights")
     p.add_argument("--compute-dtype", default="bfloat16", choices=("float32", "bfloat16"))
     p.add_argument("--remat", action=argparse.BooleanOptionalAction, default=True, help="recompute layer activations")
+    p.add_argument("--remat-policy", default="full", choices=("full", "dots"),
+                   help="what --remat keeps: nothing (full) or the weight matmuls' outputs (dots)")
     p.add_argument(
         "--rule",
         action="append",
@@ -89,7 +91,8 @@ def _model_config(args: argparse.Namespace):
 
     from dlm_jax.models.config import ModelConfig
 
-    overrides = {"param_dtype": args.param_dtype, "compute_dtype": args.compute_dtype, "remat": args.remat}
+    overrides = {"param_dtype": args.param_dtype, "compute_dtype": args.compute_dtype, "remat": args.remat,
+                 "remat_policy": args.remat_policy}
     if args.model.endswith((".yaml", ".yml")) or pathlib.Path(args.model).is_file():
         return ModelConfig.from_yaml(args.model).replace(**overrides)
     return ModelConfig.from_preset(args.model, **overrides)
@@ -121,7 +124,7 @@ def render(plan: dict) -> str:
     lines = [
         f"{plan['model']}  {plan['objective']}  seq {plan['seq_len']} x batch {plan['batch']}  mesh {mesh} "
         f"({plan['devices']} devices)  params {plan['model_params'] / 1e9:.2f}B {plan['param_dtype']}, "
-        f"compute {plan['compute_dtype']}, remat={plan['remat']}",
+        f"compute {plan['compute_dtype']}, remat={plan['remat']} ({plan['remat_policy']})",
         "",
         "per device (GiB):  params  opt_state  batch  temporaries  total",
         f"                   {_gib(b['params']):>6}  {_gib(b['opt_state']):>9}  {_gib(b['batch']):>5}  "

@@ -29,6 +29,7 @@ RUNTIME_FIELDS = frozenset(
         "softmax_dtype",
         "scan_layers",
         "remat",
+        "remat_policy",
         "logit_shift",
         "mask_token_id",
         "pad_token_id",
@@ -49,6 +50,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "param_dtype": ("float32", "bfloat16", "float16"),
     "compute_dtype": ("float32", "bfloat16", "float16"),
     "softmax_dtype": ("float32", "bfloat16"),
+    "remat_policy": ("full", "dots"),
 }
 
 
@@ -57,7 +59,9 @@ class ModelConfig:
     """Shape and behaviour of a diffusion LM decoder.
 
     Every family (Dream/Qwen2, DiffuLLaMA, DiffuGPT, SMDM/LLaDA) is this one stack
-    with different switches.
+    with different switches. `remat` recomputes each layer in the backward pass; `remat_policy` says
+    what it keeps: "full" nothing (least memory), "dots" the outputs of the weight matmuls (norms,
+    attention and activations recomputed: less recompute, more memory).
 
     Example:
         >>> cfg = ModelConfig.from_preset("smdm_170m")
@@ -96,6 +100,7 @@ class ModelConfig:
     softmax_dtype: str = "float32"
     scan_layers: bool = True
     remat: bool = False
+    remat_policy: str = "full"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -64,7 +65,7 @@ class Decoder(nn.Module):
 
         block = Block
         if cfg.remat:
-            block = nn.remat(Block, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
+            block = nn.remat(Block, prevent_cse=False, policy=remat_policy(cfg))
         stack = nn.scan(
             block,
             variable_axes={"params": 0},
@@ -166,10 +167,17 @@ def _scan_layer_slices(stacked: Params, config: ModelConfig, causal: bool, x, at
         return (h, i + 1), None
 
     if config.remat:
-        body = jax.checkpoint(body, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
+        body = jax.checkpoint(body, prevent_cse=False, policy=remat_policy(config))
     unroll = 1 if config.scan_layers else config.num_layers
     (x, _), _ = jax.lax.scan(body, (x, jnp.int32(0)), None, length=config.num_layers, unroll=unroll)
     return x
+
+
+def remat_policy(config: ModelConfig) -> Callable[..., bool]:
+    """The checkpoint policy `config.remat_policy` names: what a rematerialised layer keeps for the backward."""
+    if config.remat_policy == "dots":
+        return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    return jax.checkpoint_policies.nothing_saveable
 
 
 def _is_causal(config: ModelConfig, causal: bool | None) -> bool:

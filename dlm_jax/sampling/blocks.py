@@ -13,10 +13,9 @@ The trunk runs, per `cache`:
 - "dual": as "prefix", but a step runs only the block's rows (plus the row before it when shifted), the
   masked suffix's K/V coming from the cache too.
 
-The refresh only fills the cache, so every step's logits come from the same cached path (one window more
-per block than Fast-dLLM, which takes a block's first logits from the full forward); a window's fresh K/V
-serve its own step. `cache_refresh="step"` refills the cache before every step, which makes the cached
-modes compute the same numbers as "none".
+A block's first step takes its logits from the refresh's full forward, as Fast-dLLM does; its later steps
+from the window against the cache (a window's fresh K/V serve its own step only). `cache_refresh="step"`
+refreshes at every step, which makes the cached modes compute the same numbers as "none".
 
 `suffix_window=W` hides keys more than W past the block; `early_exit` ends a row once its finished blocks
 hold an EOS (or pad) token and fills the rest of its canvas with it. With the alg's count a block takes
@@ -178,9 +177,11 @@ def generate_blocks(params, config: ModelConfig, gen: GenerateConfig, input_ids,
     full_cost = float(passes)
     window_costs = jnp.asarray([passes * forward_cost(config, s, length, length) for s in sizes], jnp.float32)
 
-    def refresh(x: jax.Array, start: jax.Array, cache: cached.KVCache) -> cached.KVCache:
-        return cached.forward_rows(params, config, branch_ids(x), tile(positions), 0, tile(valid), key_valid(start),
-                                   cache)[1]
+    def refresh(x: jax.Array, start: jax.Array, cache: cached.KVCache) -> tuple[jax.Array, cached.KVCache]:
+        """The whole canvas through the trunk: the block's hidden states and a cache filled from scratch."""
+        hidden, cache = cached.forward_rows(params, config, branch_ids(x), tile(positions), 0, tile(valid),
+                                            key_valid(start), cache)
+        return jax.lax.dynamic_slice_in_dim(hidden, start - shift, block, axis=1), cache
 
     def window(size: int):
         def run(x, start, cache):
@@ -192,27 +193,31 @@ def generate_blocks(params, config: ModelConfig, gen: GenerateConfig, input_ids,
 
         return run
 
-    def block_hidden(state: BlockState, start: jax.Array):
-        """Hidden states [passes * B, block, D] of the rows feeding the block, the cache, the step's cost.
-
-        The window's fresh K/V serve its own step only: the cache changes at refreshes alone."""
-        if gen.cache == "none":
-            return hidden_full(state.x, start), None, jnp.float32(full_cost)
-        cache, cost = state.cache, jnp.float32(0)
-        if gen.cache_refresh == "step":
-            cache, cost = refresh(state.x, start, cache), jnp.float32(full_cost)
-        else:
-            first = state.block_step == 0
-            cache = jax.lax.cond(first, lambda c: refresh(state.x, start, c), lambda c: c, cache)
-            cost = jnp.where(first, jnp.float32(full_cost), cost)
+    def cached_window(x: jax.Array, start: jax.Array, cache: cached.KVCache):
+        """The window of rows from the block on, against the cache: the block's hidden states and the cost."""
         if len(sizes) == 1:
-            return window(sizes[0])(state.x, start, cache), cache, cost + window_costs[0]
+            return window(sizes[0])(x, start, cache), window_costs[0]
         need = length - (start - shift)
         if gen.suffix_window is not None:
             need = jnp.minimum(need, block + shift + gen.suffix_window)
         pick = jnp.sum(jnp.asarray(sizes) >= need) - 1  # the smallest size that covers the rows needed
-        hidden = jax.lax.switch(pick, [window(s) for s in sizes], state.x, start, cache)
-        return hidden, cache, cost + window_costs[pick]
+        return jax.lax.switch(pick, [window(s) for s in sizes], x, start, cache), window_costs[pick]
+
+    def block_hidden(state: BlockState, start: jax.Array):
+        """Hidden states [passes * B, block, D] of the rows feeding the block, the cache, the step's cost."""
+        if gen.cache == "none":
+            return hidden_full(state.x, start), None, jnp.float32(full_cost)
+        if gen.cache_refresh == "step":
+            return *refresh(state.x, start, state.cache), jnp.float32(full_cost)
+
+        def refreshed(x, cache):
+            return *refresh(x, start, cache), jnp.float32(full_cost)
+
+        def reused(x, cache):
+            hidden, cost = cached_window(x, start, cache)
+            return hidden, cache, cost
+
+        return jax.lax.cond(state.block_step == 0, refreshed, reused, state.x, state.cache)
 
     def block_stats(hidden: jax.Array, start: jax.Array, key: jax.Array) -> TokenStats:
         flat = hidden.reshape(passes, batch * block, hidden.shape[-1])

@@ -11,7 +11,8 @@ TOKEN_ID_FIELDS = frozenset({"mask_token_id", "pad_token_id", "bos_token_id", "e
 
 # How the weights are run, never what they are: always the experiment's (its preset or explicit values).
 EXECUTION_FIELDS = frozenset(
-    {"attention_impl", "sampling_impl", "compute_dtype", "param_dtype", "softmax_dtype", "scan_layers", "remat"}
+    {"attention_impl", "sampling_impl", "compute_dtype", "param_dtype", "softmax_dtype", "scan_layers", "remat",
+     "remat_policy"}
 )
 
 

@@ -189,6 +189,7 @@ def plan_train_step(
         "param_dtype": model_config.param_dtype,
         "compute_dtype": model_config.compute_dtype,
         "remat": model_config.remat,
+        "remat_policy": model_config.remat_policy,
         **memory,
         "tokens_per_step": tokens,
         "flops_per_token": flops_token,
