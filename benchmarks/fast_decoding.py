@@ -109,7 +109,7 @@ def train_or_load(args: argparse.Namespace) -> tuple[DiffusionLM, Any, dict[str,
     data = cache / "train.jsonl"
     records = shift_records(args.train_examples, seed=TRAIN_SEED, shift=args.shift)
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
-    prompt_len = 9  # the word and the newline of the pairs format
+    prompt_len = len(records[0]["input"]) + 1  # one char token per letter, then the pairs format's newline
     heads = max(4, args.hidden // 32)
     shape = {"hidden_size": args.hidden, "num_layers": args.layers, "num_heads": heads,
              "num_kv_heads": max(1, heads // 2), "intermediate_size": 4 * args.hidden, "vocab_size": 32,
@@ -279,8 +279,9 @@ def plot(results: list[dict[str, Any]], path: pathlib.Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     markers = "osD^v<>Px*hH"
     for i, r in enumerate(r for r in results if r["available"]):
+        tau = r["settings"].get("threshold")
         ax.scatter(r["tokens_per_second"], 100 * r["accuracy"], marker=markers[i % len(markers)], s=60,
-                   label=r["mode"], alpha=0.8)
+                   label=r["mode"] if tau is None else f"{r['mode']} (tau {tau})", alpha=0.8)
     ax.legend(fontsize=8, loc="best")
     ax.set_ylim(-3, 103)
     ax.set_xscale("log")
@@ -325,6 +326,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--head-scale", type=float, default=200.0, help="LM head scale of the random model (confidence)")
     p.add_argument("--json", default="benchmarks/results/fast_decoding.json")
     p.add_argument("--png", default="benchmarks/results/fast_decoding.png")
+    p.add_argument("--plot-also", nargs="+", default=[], metavar="JSON",
+                   help="earlier runs' --json files whose modes the PNG shows beside this run's")
     return p.parse_args()
 
 
@@ -353,7 +356,8 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1))
     if results:
-        plot(results, pathlib.Path(args.png))
+        earlier = [r for path in args.plot_also for r in json.loads(pathlib.Path(path).read_text())["modes"]]
+        plot(earlier + results, pathlib.Path(args.png))
     print(f"wrote {path}{f' and {args.png}' if results else ''}; load average {os.getloadavg()}")
 
 
